@@ -225,7 +225,10 @@ impl From<ConfChange> for ConfChangeV2 {
     fn from(cc: ConfChange) -> Self {
         ConfChangeV2 {
             transition: ConfChangeTransition::Auto,
-            changes: vec![ConfChangeSingle { change_type: cc.change_type, node_id: cc.node_id }],
+            changes: vec![ConfChangeSingle {
+                change_type: cc.change_type,
+                node_id: cc.node_id,
+            }],
             context: cc.context,
         }
     }
@@ -233,7 +236,7 @@ impl From<ConfChange> for ConfChangeV2 {
 
 /// Kinds of messages, named as in etcd's raftpb. The "local" ones (`Hup`, `Beat`,
 /// `Unreachable`, `SnapStatus`, `CheckQuorum`) are never sent over the network.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MessageType {
     #[default]
     Hup,
