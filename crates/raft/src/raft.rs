@@ -1054,6 +1054,12 @@ impl<S: Storage> Raft<S> {
 
     fn tally_response(&mut self, from: NodeId, t: MessageType, granted: bool) {
         match self.poll(from, t, granted) {
+            VoteResult::Won if !self.promotable() => {
+                // A configuration change applied during the campaign (its commit learned
+                // from a vote response) removed or demoted us: we must not lead.
+                let term = self.term;
+                self.become_follower(term, NONE);
+            }
             VoteResult::Won => {
                 if self.state == StateRole::PreCandidate {
                     self.campaign(CampaignType::Election);

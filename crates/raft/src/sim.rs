@@ -11,7 +11,7 @@
 //! snapshots, while a [`Checker`] verifies Raft's safety properties after every event.
 //! A failing run names its seed; the same seed replays the same run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
@@ -53,7 +53,7 @@ pub struct Checker {
     leaders: BTreeMap<u64, NodeId>,
     /// Prefix hash of every (index, term) any node persisted: equal index and term must
     /// mean equal prefixes (Log Matching).
-    prefix_by_index_term: HashMap<(u64, u64), u64>,
+    prefix_by_index_term: BTreeMap<(u64, u64), u64>,
     /// The entry applied at each index (term, prefix hash), by whoever applied it first.
     applied: Vec<Option<(u64, u64)>>,
     /// For each index, the lowest term at which some node knew it committed. The entry was
@@ -526,22 +526,45 @@ impl Network {
 
     /// Delivers everything until quiet. Panics with the checker's complaint on a violation.
     pub fn drain(&mut self) {
+        self.drain_with(|_| true);
+    }
+
+    /// `drain` through a filter: `keep` sees every message before delivery and may refuse
+    /// it (return false) or edit it (e.g. shorten an append's batch).
+    pub fn drain_with(&mut self, mut keep: impl FnMut(&mut Message) -> bool) {
         for _round in 0..100_000 {
-            let mut batch = Vec::new();
-            for node in self.nodes.values_mut() {
-                let msgs = node
-                    .handle_ready(&mut self.checker)
-                    .unwrap_or_else(|e| panic!("{e}"));
-                batch.extend(msgs);
-            }
-            if batch.is_empty() {
+            if !self.round(&mut keep) {
                 return;
-            }
-            for m in batch {
-                self.deliver(m);
             }
         }
         panic!("network did not quiesce");
+    }
+
+    /// One round: every node handles its `Ready` once, and what they sent is delivered
+    /// (except on cut links, dropped types, and what `keep` refuses). Returns whether
+    /// there was anything to do; the network is quiet only when no message was sent and
+    /// no node has a `Ready` left (a size-limited `Ready` can leave committed entries).
+    pub fn round(&mut self, keep: &mut impl FnMut(&mut Message) -> bool) -> bool {
+        let mut batch = Vec::new();
+        for node in self.nodes.values_mut() {
+            let msgs = node
+                .handle_ready(&mut self.checker)
+                .unwrap_or_else(|e| panic!("{e}"));
+            batch.extend(msgs);
+        }
+        let pending = self
+            .nodes
+            .values()
+            .any(|n| n.raw.as_ref().is_some_and(|r| r.has_ready()));
+        if batch.is_empty() && !pending {
+            return false;
+        }
+        for mut m in batch {
+            if keep(&mut m) {
+                self.deliver(m);
+            }
+        }
+        true
     }
 
     fn deliver(&mut self, m: Message) {

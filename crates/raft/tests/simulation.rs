@@ -1,6 +1,6 @@
 //! Seeded simulation of whole clusters under faults (see `retcd_raft::sim`).
 //!
-//! CI runs 1,200 seeds of 2,000 steps: 700 on 3-node and 500 on 5-node clusters. A failure
+//! CI runs 4,000 seeds of 2,000 steps: 2,000 on 3-node and 2,000 on 5-node clusters. A failure
 //! prints its seed and the command that replays it. `RAFT_SIM_SEEDS=N` and
 //! `RAFT_SIM_FIRST_SEED=S` widen or move the range for a soak run.
 
@@ -16,10 +16,24 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// Runs one seed; a panic inside the core (a failed invariant assertion) is a failure of
+/// that seed like any other, reported with the seed.
 fn run(nodes: u64, seed: u64, faults: InjectedFaults) -> Result<SimReport, String> {
     let mut cfg = SimConfig::new(nodes, seed, STEPS);
     cfg.faults = faults;
-    Simulation::new(cfg).run()
+    let outcome = std::panic::catch_unwind(|| Simulation::new(cfg).run());
+    outcome.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(format!(
+            "raft simulation panicked: seed {seed} ({nodes} nodes): {why}\nreplay: \
+             RAFT_SIM_SEED={seed} RAFT_SIM_NODES={nodes} cargo test -p retcd-raft --release \
+             --test simulation replay -- --nocapture"
+        ))
+    })
 }
 
 /// Runs a range of seeds and fails on the first violation, naming the seed.
@@ -59,12 +73,12 @@ fn run_seeds(nodes: u64, default_count: u64) {
 
 #[test]
 fn three_node_clusters_stay_safe_and_live() {
-    run_seeds(3, 700);
+    run_seeds(3, 2_000);
 }
 
 #[test]
 fn five_node_clusters_stay_safe_and_live() {
-    run_seeds(5, 500);
+    run_seeds(5, 2_000);
 }
 
 #[test]
