@@ -1,10 +1,17 @@
 //! The production backend on redb: one redb table per [`Bucket`], durable commits.
 //!
-//! Durability: every write transaction commits with `redb::Durability::Immediate`, so
-//! [`WriteTx::commit`] returns only after the data and the new commit header are fsynced.
+//! Durability: by default every write transaction commits with `redb::Durability::Immediate`,
+//! so [`WriteTx::commit`] returns only after the data and the new commit header are fsynced.
 //! redb's default one-phase commit with checksums is used: after a crash the file opens at the
-//! last commit whose checksums verify, which is the last commit that returned `Ok`. The apply
-//! layer batches many Raft entries into one transaction to amortise that fsync.
+//! last commit whose checksums verify, which is the last durable commit that returned `Ok`.
+//! The apply layer batches many Raft entries into one transaction to amortise that fsync.
+//!
+//! A transaction may opt out with [`RedbWriteTx::set_durable`]`(false)`: its commit is then
+//! visible to readers at once but reaches the disk only with the next durable commit. The
+//! server uses this for ordinary apply batches because the Raft WAL already holds every
+//! applied entry durably, and replays whatever a crash took from the backend (etcd's
+//! backend likewise commits on a timer, not per entry). A crash loses whole non-durable
+//! commits after the last durable one, never part of a commit.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -157,6 +164,20 @@ pub struct RedbWriteTx {
 }
 
 impl RedbWriteTx {
+    /// Chooses whether [`WriteTx::commit`] waits for the data to be on stable storage
+    /// (`true`, the default) or only publishes it to readers (`false`). A non-durable commit
+    /// becomes durable with the next durable one; until then a crash discards it whole.
+    pub fn set_durable(&mut self, durable: bool) -> Result<(), BackendError> {
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        self.tx
+            .set_durability(durability)
+            .map_err(|e| BackendError::Engine(e.to_string()))
+    }
+
     fn table(
         &self,
         bucket: Bucket,

@@ -347,6 +347,42 @@ fn redb_commit_survives_reopen() {
     );
 }
 
+// Goal: a non-durable commit is visible to readers at once, and the next durable commit
+// makes it durable too (the server's apply batches rely on both).
+#[test]
+fn redb_non_durable_commit_is_visible_and_made_durable_by_the_next_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let backend = RedbBackend::open(&path, &RedbConfig::default()).unwrap();
+        for i in 0..3u8 {
+            let mut tx = backend.begin_write().unwrap();
+            tx.set_durable(false).unwrap();
+            tx.put(Bucket::Key, &[i], b"lazy").unwrap();
+            meta::write_consistent_index(
+                &mut tx,
+                ConsistentIndex {
+                    index: u64::from(i) + 1,
+                    term: 1,
+                },
+            )
+            .unwrap();
+            tx.commit().unwrap();
+            let r = backend.begin_read().unwrap();
+            assert_eq!(r.get(Bucket::Key, &[i]).unwrap(), Some(b"lazy".to_vec()));
+        }
+        // An empty durable transaction is enough to persist the earlier ones.
+        backend.begin_write().unwrap().commit().unwrap();
+    }
+    let backend = RedbBackend::open(&path, &RedbConfig::default()).unwrap();
+    let r = backend.begin_read().unwrap();
+    assert_eq!(collect(&r, Bucket::Key, &[], None).len(), 3);
+    assert_eq!(
+        meta::read_consistent_index(&r).unwrap(),
+        ConsistentIndex { index: 3, term: 1 }
+    );
+}
+
 // Goal: one file cannot be opened by two handles at once (two writers would corrupt it).
 #[test]
 fn redb_second_open_of_one_file_fails() {

@@ -1,0 +1,83 @@
+//! The one place where internal errors become wire errors.
+//!
+//! Everything a request can fail with is a [`RequestError`]: either one of etcd's errors
+//! ([`EtcdError`], with etcd's exact code and message) or an internal failure. The gRPC
+//! services return `Result<_, RequestError>` and convert at their edge with
+//! `Status::from`, so no other module builds a `tonic::Status`.
+
+use retcd_api::errors::EtcdError;
+use retcd_mvcc::MvccError;
+use tonic::Status;
+
+/// Why a client request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// An error etcd sends too: the client sees etcd's code and message.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// A failure of this member (storage, a stopped loop) that etcd has no message for.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Status {
+        match e {
+            RequestError::Etcd(e) => Status::from(e),
+            RequestError::Internal(msg) => Status::internal(format!("etcdserver: {msg}")),
+        }
+    }
+}
+
+/// The client-facing meaning of an MVCC error, if it has one. `Compacted` and
+/// `FutureRevision` are deterministic answers to a request; everything else is a storage
+/// failure.
+pub fn client_error(e: &MvccError) -> Option<EtcdError> {
+    match e {
+        MvccError::Compacted { .. } => Some(EtcdError::Compacted),
+        MvccError::FutureRevision { .. } => Some(EtcdError::FutureRev),
+        _ => None,
+    }
+}
+
+impl From<MvccError> for RequestError {
+    fn from(e: MvccError) -> RequestError {
+        match client_error(&e) {
+            Some(etcd) => RequestError::Etcd(etcd),
+            None => {
+                tracing::error!(error = %e, "storage error while serving a read");
+                RequestError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: MVCC's deterministic errors reach the wire as etcd's, byte for byte.
+    #[test]
+    fn mvcc_errors_map_to_etcds() {
+        let s = Status::from(RequestError::from(MvccError::Compacted {
+            requested: 1,
+            compact_revision: 5,
+        }));
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = Status::from(RequestError::from(MvccError::FutureRevision {
+            requested: 9,
+            current_revision: 5,
+        }));
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+        let s = Status::from(RequestError::from(EtcdError::Stopped));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(s.message(), "etcdserver: server stopped");
+    }
+}

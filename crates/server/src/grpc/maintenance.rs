@@ -1,0 +1,140 @@
+//! The Maintenance service: Status and HashKV (and Alarm listing, which is empty until
+//! alarms exist); the rest answers `Unimplemented` for now.
+
+use std::sync::Arc;
+
+use retcd_api::etcdserverpb::maintenance_server::Maintenance;
+use retcd_api::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request,
+};
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::{DEFAULT_QUOTA_BACKEND_BYTES, SERVER_VERSION};
+use crate::errors::RequestError;
+use crate::raft_node::NodeHandle;
+
+pub struct MaintenanceService {
+    node: Arc<NodeHandle>,
+    quota_backend_bytes: u64,
+}
+
+impl MaintenanceService {
+    pub fn new(node: Arc<NodeHandle>, quota_backend_bytes: u64) -> Self {
+        MaintenanceService {
+            node,
+            quota_backend_bytes,
+        }
+    }
+
+    async fn status_inner(&self) -> Result<StatusResponse, RequestError> {
+        let shared = self.node.shared().clone();
+        let sizes = shared.clone();
+        let (db_size, in_use) = tokio::task::spawn_blocking(move || sizes.db_sizes())
+            .await
+            .map_err(|e| RequestError::Internal(e.to_string()))?
+            .map_err(|e| RequestError::Internal(e.to_string()))?;
+        Ok(StatusResponse {
+            header: Some(shared.header(None)),
+            version: SERVER_VERSION.to_string(),
+            db_size: db_size as i64,
+            leader: shared.leader(),
+            raft_index: shared.committed_index(),
+            raft_term: shared.term(),
+            raft_applied_index: shared.applied_index(),
+            errors: Vec::new(),
+            db_size_in_use: in_use as i64,
+            is_learner: false,
+            db_size_quota: if self.quota_backend_bytes == 0 {
+                DEFAULT_QUOTA_BACKEND_BYTES
+            } else {
+                self.quota_backend_bytes
+            } as i64,
+            ..Default::default()
+        })
+    }
+
+    async fn hash_kv_inner(&self, req: HashKvRequest) -> Result<HashKvResponse, RequestError> {
+        let shared = self.node.shared().clone();
+        let kv = shared.kv.clone();
+        let hash = tokio::task::spawn_blocking(move || kv.hash_by_rev(req.revision))
+            .await
+            .map_err(|e| RequestError::Internal(e.to_string()))??;
+        Ok(HashKvResponse {
+            header: Some(shared.header(Some(hash.revision))),
+            hash: hash.hash,
+            compact_revision: hash.compact_revision,
+            hash_revision: hash.hash_revision,
+        })
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("retcd does not implement {what} yet"))
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    type SnapshotStream = BoxStream<SnapshotResponse>;
+
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No alarm can be raised yet (quota and corruption checks come later), so the
+        // list is always empty; changing alarms is not supported yet.
+        if req.get_ref().action != alarm_request::AlarmAction::Get as i32 {
+            return Err(unimplemented("alarm activate/deactivate"));
+        }
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.node.shared().header(None)),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.status_inner().await?))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(unimplemented("defragment"))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(unimplemented("hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Ok(Response::new(self.hash_kv_inner(req.into_inner()).await?))
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unimplemented("move-leader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unimplemented("downgrade"))
+    }
+}

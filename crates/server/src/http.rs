@@ -1,0 +1,227 @@
+//! The plain HTTP/1.1 endpoints on the client port: `/version`, `/health`, `/livez`,
+//! `/readyz` and `/metrics`, with etcd 3.5's paths, bodies and status codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use retcd_mvcc::RangeOptions;
+
+use crate::config::{CLUSTER_VERSION, SERVER_VERSION};
+use crate::metrics::ScrapeValues;
+use crate::raft_node::NodeHandle;
+
+/// How long a health check's read may take before the member counts as unhealthy.
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share.
+pub struct HttpState {
+    pub node: Arc<NodeHandle>,
+    pub quota_backend_bytes: u64,
+}
+
+/// Adds the HTTP endpoints to `router` (the gRPC services' router), and answers unknown
+/// paths: gRPC calls with gRPC's `Unimplemented`, anything else with 404.
+pub fn add_routes(router: Router, state: Arc<HttpState>) -> Router {
+    let s = state.clone();
+    let health = move |uri: Uri| {
+        let s = s.clone();
+        async move { health(&s, &uri).await }
+    };
+    let s = state.clone();
+    let livez = move |uri: Uri| {
+        let s = s.clone();
+        async move { probe(&s, &uri, "livez", false).await }
+    };
+    let s = state.clone();
+    let readyz = move |uri: Uri| {
+        let s = s.clone();
+        async move { probe(&s, &uri, "readyz", true).await }
+    };
+    let s = state;
+    let metrics = move || {
+        let s = s.clone();
+        async move { metrics(&s).await }
+    };
+    router
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+}
+
+async fn fallback(req: axum::extract::Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let (parts, ()) = tonic::Status::unimplemented("unknown service or method")
+            .into_http::<()>()
+            .into_parts();
+        return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn version() -> Response {
+    json(
+        StatusCode::OK,
+        format!("{{\"etcdserver\":\"{SERVER_VERSION}\",\"etcdcluster\":\"{CLUSTER_VERSION}\"}}"),
+    )
+}
+
+fn query_flag(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            k == name && (v.is_empty() || v == "true")
+        })
+    })
+}
+
+/// A read of the key "health" through the KV read path: serializable (local) or
+/// linearizable (after a ReadIndex).
+async fn read_check(s: &HttpState, linearizable: bool) -> Result<(), &'static str> {
+    let shared = s.node.shared();
+    if !shared.is_running() {
+        return Err("RAFT LOOP STOPPED");
+    }
+    if linearizable {
+        match tokio::time::timeout(HEALTH_READ_TIMEOUT, s.node.read_index()).await {
+            Ok(Ok(())) => {}
+            _ => return Err("QGET ERROR"),
+        }
+    }
+    let opts = RangeOptions {
+        count_only: true,
+        ..Default::default()
+    };
+    shared
+        .kv
+        .range(b"health", b"", opts)
+        .map(|_| ())
+        .map_err(|_| "QGET ERROR")
+}
+
+/// etcd 3.5's `/health`: `{"health":"true","reason":""}`, or "false" with a reason and
+/// 503. `?serializable=true` skips the ReadIndex.
+async fn health(s: &HttpState, uri: &Uri) -> Response {
+    let shared = s.node.shared();
+    let result = if !shared.is_running() {
+        Err("RAFT LOOP STOPPED")
+    } else if shared.leader() == 0 {
+        Err("RAFT NO LEADER")
+    } else {
+        read_check(s, !query_flag(uri, "serializable")).await
+    };
+    match result {
+        Ok(()) => {
+            shared.metrics.health_success.inc();
+            json(
+                StatusCode::OK,
+                "{\"health\":\"true\",\"reason\":\"\"}".to_string(),
+            )
+        }
+        Err(reason) => {
+            shared.metrics.health_failures.inc();
+            tracing::warn!(reason, "serving /health false");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}"),
+            )
+        }
+    }
+}
+
+/// etcd 3.5.11's `/livez` (checks: serializable_read) and `/readyz` (data_corruption,
+/// serializable_read, linearizable_read, non_learner). Plain text, "ok" when all pass;
+/// `?verbose` lists each check.
+async fn probe(s: &HttpState, uri: &Uri, name: &str, ready: bool) -> Response {
+    let mut checks: Vec<(&str, bool)> = Vec::new();
+    if ready {
+        // No corruption check exists yet that could raise the CORRUPT alarm.
+        checks.push(("data_corruption", true));
+    }
+    checks.push(("serializable_read", read_check(s, false).await.is_ok()));
+    if ready {
+        checks.push(("linearizable_read", read_check(s, true).await.is_ok()));
+        checks.push(("non_learner", true));
+    }
+    let verbose = query_flag(uri, "verbose");
+    let passed = checks.iter().all(|(_, ok)| *ok);
+    let mut body = String::new();
+    for (check, ok) in &checks {
+        if *ok && verbose {
+            body.push_str(&format!("[+]{check} ok\n"));
+        } else if !*ok {
+            body.push_str(&format!("[-]{check} failed: reason withheld\n"));
+        }
+    }
+    if passed {
+        if verbose {
+            body.push_str(&format!("{name} check passed\n"));
+            (StatusCode::OK, body).into_response()
+        } else {
+            (StatusCode::OK, "ok").into_response()
+        }
+    } else {
+        body.push_str(&format!("{name} check failed\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(s: &HttpState) -> Response {
+    let shared = s.node.shared().clone();
+    let measure = shared.clone();
+    let sizes = tokio::task::spawn_blocking(move || measure.db_sizes().unwrap_or((0, 0)))
+        .await
+        .unwrap_or((0, 0));
+    let scrape = ScrapeValues {
+        db_total_size_bytes: sizes.0 as i64,
+        db_total_size_in_use_bytes: sizes.1 as i64,
+        quota_backend_bytes: if s.quota_backend_bytes == 0 {
+            crate::config::DEFAULT_QUOTA_BACKEND_BYTES
+        } else {
+            s.quota_backend_bytes
+        } as i64,
+        current_revision: shared.kv.current_revision(),
+        compact_revision: shared.kv.compact_revision(),
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(scrape),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: `?serializable=true`, `?serializable`, and other spellings of query flags.
+    #[test]
+    fn query_flags() {
+        let u: Uri = "/health?serializable=true".parse().unwrap();
+        assert!(query_flag(&u, "serializable"));
+        let u: Uri = "/readyz?verbose".parse().unwrap();
+        assert!(query_flag(&u, "verbose"));
+        let u: Uri = "/health?serializable=false".parse().unwrap();
+        assert!(!query_flag(&u, "serializable"));
+        let u: Uri = "/health".parse().unwrap();
+        assert!(!query_flag(&u, "serializable"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Wiring: start the raft loop, serve every client URL, and shut down in order.
+//!
+//! One listener per `--listen-client-urls` entry serves gRPC (HTTP/2 over cleartext,
+//! "h2c" with prior knowledge, which is what etcdctl and every etcd client speak on
+//! `http://` endpoints) and plain HTTP/1.1 on the same port, as etcd does. hyper-util's
+//! auto builder tells the two apart by the HTTP/2 connection preface; one axum router
+//! holds both the tonic services and the HTTP endpoints.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::grpc::{self, ServiceLimits};
+use crate::http::{self, HttpState};
+use crate::ids;
+use crate::metrics::Metrics;
+use crate::raft_node::{NodeConfig, NodeHandle};
+
+/// How long open connections get to finish after shutdown begins.
+const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A started server: the raft loop and its listeners.
+pub struct Server {
+    node: Arc<NodeHandle>,
+    addrs: Vec<SocketAddr>,
+    stop_accepting: watch::Sender<bool>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl Server {
+    /// Recovers or creates the data directory, starts the raft loop and binds every client
+    /// URL. Returns once the listeners accept connections.
+    pub async fn start(config: &Config) -> anyhow::Result<Server> {
+        let members = config.initial_cluster_members()?;
+        let member_ids: Vec<ids::MemberId> = members
+            .iter()
+            .map(|(_, urls)| ids::member_id(urls, &config.initial_cluster_token))
+            .collect();
+        let member_id = ids::member_id(
+            &config.initial_advertise_peer_urls,
+            &config.initial_cluster_token,
+        );
+        let cluster_id = ids::cluster_id(&member_ids);
+        let node_cfg = NodeConfig {
+            data_dir: config.data_dir(),
+            member_id,
+            cluster_id,
+            election_ticks: config.election_ticks(),
+            heartbeat_interval: config.heartbeat_interval(),
+            snapshot_count: config.snapshot_count,
+            max_request_bytes: config.max_request_bytes as usize,
+            request_timeout: config.request_timeout(),
+        };
+        // Bind first, as etcd does: a port in use fails the start before the data
+        // directory is touched. Connections wait in the backlog until serving starts.
+        let mut listeners = Vec::new();
+        for url in config.client_listen_urls()? {
+            let addr = resolve(&url.host_port).await?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", url.url))?;
+            listeners.push((url.url, listener));
+        }
+        let metrics = Arc::new(Metrics::default());
+        // Opening the backend and replaying the WAL block: off the reactor.
+        let node = tokio::task::spawn_blocking(move || NodeHandle::start(node_cfg, metrics))
+            .await
+            .context("raft loop start panicked")?
+            .context("cannot start the member")?;
+
+        let limits = ServiceLimits {
+            max_request_bytes: config.max_request_bytes as usize,
+            max_txn_ops: config.max_txn_ops as usize,
+            quota_backend_bytes: config.quota_backend_bytes,
+        };
+        let router = http::add_routes(
+            grpc::router(node.clone(), limits),
+            Arc::new(HttpState {
+                node: node.clone(),
+                quota_backend_bytes: config.quota_backend_bytes,
+            }),
+        );
+
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (url, listener) in listeners {
+            let local = listener.local_addr()?;
+            tracing::info!(url = %url, address = %local, "serving client traffic (gRPC and HTTP)");
+            addrs.push(local);
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                router.clone(),
+                stop_rx.clone(),
+                graceful.clone(),
+            )));
+        }
+        tracing::info!(
+            name = %config.name,
+            member_id = %node.shared().member_id,
+            cluster_id = %node.shared().cluster_id,
+            "ready to serve client requests"
+        );
+        Ok(Server {
+            node,
+            addrs,
+            stop_accepting,
+            accept_tasks,
+            graceful,
+        })
+    }
+
+    /// The bound client addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Serves until `shutdown` resolves or the raft loop stops on its own (a fatal
+    /// error), then shuts down: stop accepting, stop the raft loop (pending requests fail
+    /// with "server stopped"; the loop finishes its turn and makes the backend and WAL
+    /// durable), then let open connections drain.
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let node_stopped = tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutting down");
+                false
+            }
+            () = self.node.stopped() => true,
+        };
+        self.stop_accepting.send_replace(true);
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
+        let node = self.node.clone();
+        let outcome = tokio::task::spawn_blocking(move || node.stop_and_join())
+            .await
+            .context("raft loop join panicked")?;
+        // The accept loops are gone, so this is the last handle.
+        if let Ok(graceful) = Arc::try_unwrap(self.graceful)
+            && tokio::time::timeout(CONNECTION_DRAIN_TIMEOUT, graceful.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("client connections did not close in time; dropping them");
+        }
+        outcome.context("raft loop failed")?;
+        if node_stopped {
+            anyhow::bail!("raft loop stopped unexpectedly");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts a server for `config` and serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Server::start(&config).await?.serve_until(shutdown).await
+}
+
+/// Resolves `host:port`; like etcd, a name that resolves to several addresses listens on
+/// the first IPv4 one (`localhost` -> 127.0.0.1).
+async fn resolve(host_port: &str) -> anyhow::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
+        .await
+        .with_context(|| format!("cannot resolve {host_port}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("{host_port} resolves to no address"))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    // etcd does not limit concurrent streams per connection; proposals are bounded by
+    // the raft loop's input queue instead.
+    builder
+        .http2()
+        .max_concurrent_streams(u32::MAX)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        let _ = stream.set_nodelay(true);
+        tracing::debug!(%peer, "client connected");
+        let svc = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}

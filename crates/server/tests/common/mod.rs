@@ -1,0 +1,183 @@
+//! Runs the real `retcd` binary for tests: free ports on 127.0.0.1, a temporary data
+//! directory, readiness by polling `/health` with a deadline, and a guard that kills the
+//! process when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become healthy or to exit.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A running `retcd` process; killed on drop.
+pub struct Retcd {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Retcd {
+    /// Starts a server with its data in `data_dir` on a fresh port, with `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Retcd {
+        Self::start_with(data_dir, free_port(), extra, &[])
+    }
+
+    /// Starts a server on `port`, with extra flags and environment variables.
+    pub fn start_with(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, String)]) -> Retcd {
+        let url = format!("http://127.0.0.1:{port}");
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_retcd"));
+        if env.iter().all(|(k, _)| *k != "ETCD_DATA_DIR") {
+            cmd.arg("--data-dir").arg(data_dir);
+        }
+        if env.iter().all(|(k, _)| *k != "ETCD_LISTEN_CLIENT_URLS") {
+            cmd.args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ]);
+        }
+        cmd.args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().expect("spawn retcd");
+        let server = Retcd {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Polls `/health` until it answers 200, or panics with the server's log.
+    pub fn wait_healthy(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(self.port, "/health") {
+                return;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("retcd did not become healthy in time; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        self.wait_exit()
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush anything) and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("retcd did not exit in time; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("connect etcd-client")
+    }
+
+    /// Our own generated KV client, for requests the etcd-client crate cannot express.
+    pub async fn raw_kv(
+        &self,
+    ) -> retcd_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel> {
+        retcd_api::etcdserverpb::kv_client::KvClient::connect(self.endpoint())
+            .await
+            .expect("connect raw KV client")
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+impl Drop for Retcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// The gRPC status inside an etcd-client error.
+pub fn status_of(e: etcd_client::Error) -> tonic::Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}

@@ -1,0 +1,162 @@
+//! The HTTP endpoints on the client port, the environment-variable configuration, and
+//! the ids etcd would give the same member.
+
+mod common;
+
+use common::{Retcd, free_port, http_get};
+
+// Goal: /version, /health (both kinds), /livez, /readyz and unknown paths answer as
+// etcd 3.5 does, on the same port as gRPC.
+#[tokio::test]
+async fn version_health_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Retcd::start(&dir.path().join("data"), &[]);
+    let (code, body) = http_get(s.port, "/version").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body, r#"{"etcdserver":"3.5.17","etcdcluster":"3.5.0"}"#);
+    for path in ["/health", "/health?serializable=true"] {
+        let (code, body) = http_get(s.port, path).unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (200, r#"{"health":"true","reason":""}"#)
+        );
+    }
+    assert_eq!(http_get(s.port, "/livez").unwrap(), (200, "ok".to_string()));
+    assert_eq!(
+        http_get(s.port, "/readyz").unwrap(),
+        (200, "ok".to_string())
+    );
+    let (code, body) = http_get(s.port, "/readyz?verbose").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("[+]linearizable_read ok"), "{body}");
+    assert_eq!(http_get(s.port, "/nope").unwrap().0, 404);
+    // gRPC still works on the same port.
+    let mut c = s.client().await;
+    c.put("k", "v", None).await.unwrap();
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with('#') && l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no sample for {name} in:\n{text}"));
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+// Goal: /metrics exposes etcd's metric names with numeric samples that move with load.
+#[tokio::test]
+async fn metrics_have_etcds_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Retcd::start(&dir.path().join("data"), &[]);
+    let mut c = s.client().await;
+    for i in 0..5 {
+        c.put(format!("m{i}"), "v", None).await.unwrap();
+    }
+    c.get("m0", None).await.unwrap();
+    c.delete("m0", None).await.unwrap();
+    c.txn(etcd_client::Txn::new().and_then([etcd_client::TxnOp::put("m9", "v", None)]))
+        .await
+        .unwrap();
+    let (code, text) = http_get(s.port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in [
+        "etcd_server_has_leader",
+        "etcd_server_is_leader",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_proposals_failed_total",
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "etcd_disk_wal_fsync_duration_seconds_count",
+        "etcd_disk_wal_fsync_duration_seconds_sum",
+        "etcd_disk_backend_commit_duration_seconds_count",
+        "etcd_mvcc_put_total",
+        "etcd_mvcc_delete_total",
+        "etcd_mvcc_range_total",
+        "etcd_mvcc_txn_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        let v = metric_value(&text, name);
+        assert!(v.is_finite() && v >= 0.0, "{name} = {v}");
+    }
+    assert_eq!(metric_value(&text, "etcd_server_has_leader"), 1.0);
+    assert_eq!(metric_value(&text, "etcd_server_is_leader"), 1.0);
+    assert!(metric_value(&text, "etcd_mvcc_put_total") >= 6.0);
+    assert!(metric_value(&text, "etcd_disk_wal_fsync_duration_seconds_count") >= 7.0);
+    assert!(metric_value(&text, "etcd_server_proposals_applied_total") >= 7.0);
+    assert!(metric_value(&text, "etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert!(metric_value(&text, "process_resident_memory_bytes") > 0.0);
+    assert!(text.contains("etcd_server_version{server_version=\"3.5.17\"} 1"));
+    assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"}"));
+    assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"}"));
+}
+
+// Goal: ETCD_* environment variables configure the server like flags, and the ids in
+// headers are etcd's for that configuration.
+#[tokio::test]
+async fn environment_variables_configure_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-env");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let s = Retcd::start_with(
+        &data,
+        port,
+        &[],
+        &[
+            ("ETCD_NAME", "envnode".to_string()),
+            ("ETCD_DATA_DIR", data.display().to_string()),
+            ("ETCD_LISTEN_CLIENT_URLS", url.clone()),
+            ("ETCD_ADVERTISE_CLIENT_URLS", url),
+            ("ETCD_INITIAL_CLUSTER_TOKEN", "etcd-cluster".to_string()),
+            ("ETCD_MAX_TXN_OPS", "2".to_string()),
+        ],
+    );
+    assert!(data.join("member/wal").is_dir());
+    assert!(data.join("member/snap/db").is_file());
+    let mut c = s.client().await;
+    let r = c.put("k", "v", None).await.unwrap();
+    let h = r.header().unwrap();
+    // etcd 3.4.23 with default peer URLs and token: member 8e9e05c52164694d, cluster
+    // cdf818194e3a8c32 (the name does not enter the id).
+    assert_eq!(h.member_id(), 0x8e9e_05c5_2164_694d);
+    assert_eq!(h.cluster_id(), 0xcdf8_1819_4e3a_8c32);
+    let ops: Vec<_> = (0..3)
+        .map(|i| etcd_client::TxnOp::put(format!("t{i}"), "v", None))
+        .collect();
+    let err = c
+        .txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::status_of(err).message(),
+        "etcdserver: too many operations in txn request"
+    );
+}
+
+// Goal: etcd flags retcd lacks are refused with a message naming them, and a bad value
+// exits non-zero before anything is created.
+#[test]
+fn unsupported_flags_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_retcd"))
+        .args(["--data-dir"])
+        .arg(dir.path().join("d"))
+        .args(["--auto-compaction-retention", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not support the etcd flag --auto-compaction-retention"),
+        "{err}"
+    );
+    assert!(!dir.path().join("d").exists());
+}
