@@ -291,8 +291,11 @@ fn recover_or_bootstrap(
         // backend and the WAL do not belong together.
         if ci.index > hs.commit {
             return Err(NodeError::Invalid(format!(
-                "backend consistent index {} is beyond the WAL's commit index {}",
-                ci.index, hs.commit
+                "backend consistent index {} ({}) is beyond the WAL's commit index {} ({}): the WAL lost records it had fsynced, or the two do not belong together",
+                ci.index,
+                layout.db_path.display(),
+                hs.commit,
+                layout.wal_dir.display()
             )));
         }
         if ci.index < snapshot_index {

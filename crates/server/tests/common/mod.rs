@@ -38,6 +38,45 @@ impl Retcd {
 
     /// Starts a server on `port`, with extra flags and environment variables.
     pub fn start_with(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, String)]) -> Retcd {
+        let server = Self::spawn_with(data_dir, port, extra, env);
+        server.wait_healthy();
+        server
+    }
+
+    /// Starts a server on a fresh port without waiting for it to become healthy.
+    pub fn spawn(data_dir: &Path, extra: &[&str]) -> Retcd {
+        Self::spawn_with(data_dir, free_port(), extra, &[])
+    }
+
+    /// Starts a server on a fresh port and waits until it is healthy or has exited,
+    /// whichever comes first: a refusal to start is an answer, not a test failure.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Retcd, Refusal> {
+        let mut server = Self::spawn(data_dir, extra);
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(server.port, "/health") {
+                return Ok(server);
+            }
+            let child = server.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                server.child = None;
+                return Err(Refusal {
+                    status,
+                    log: server.log(),
+                });
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "retcd neither became healthy nor exited in time; log:\n{}",
+                    server.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Spawns the process on `port`; does not wait for anything.
+    pub fn spawn_with(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, String)]) -> Retcd {
         let url = format!("http://127.0.0.1:{port}");
         let log = data_dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).expect("create the log file");
@@ -59,14 +98,12 @@ impl Retcd {
             .stdout(Stdio::null())
             .stderr(log_file);
         let child = cmd.spawn().expect("spawn retcd");
-        let server = Retcd {
+        Retcd {
             child: Some(child),
             port,
             data_dir: data_dir.to_path_buf(),
             log,
-        };
-        server.wait_healthy();
-        server
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -144,6 +181,14 @@ impl Retcd {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX)
     }
+}
+
+/// A server that exited before it became healthy.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub log: String,
 }
 
 impl Drop for Retcd {
