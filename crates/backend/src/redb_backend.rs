@@ -113,6 +113,16 @@ fn bounds<'k>(start: &'k [u8], end: Option<&'k [u8]>) -> Option<KeyBounds<'k>> {
     ))
 }
 
+fn get_from_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, BackendError> {
+    Ok(table
+        .get(key)
+        .map_err(engine_error)?
+        .map(|v| v.value().to_vec()))
+}
+
 fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     start: &[u8],
@@ -148,11 +158,7 @@ impl RedbReadTx {
 
 impl ReadTx for RedbReadTx {
     fn get(&self, bucket: Bucket, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        let table = self.table(bucket)?;
-        Ok(table
-            .get(key)
-            .map_err(engine_error)?
-            .map(|v| v.value().to_vec()))
+        get_from_table(&self.table(bucket)?, key)
     }
 
     fn scan(
@@ -196,11 +202,7 @@ impl RedbWriteTx {
 
 impl ReadTx for RedbWriteTx {
     fn get(&self, bucket: Bucket, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        let table = self.table(bucket)?;
-        Ok(table
-            .get(key)
-            .map_err(engine_error)?
-            .map(|v| v.value().to_vec()))
+        get_from_table(&self.table(bucket)?, key)
     }
 
     fn scan(

@@ -491,32 +491,25 @@ impl Network {
         self.node(id).raw()
     }
 
+    /// The running node `id`'s Raft state machine.
+    fn raft_of(&self, id: NodeId) -> &crate::raft::Raft<MemStorage> {
+        &self.nodes[&id].raw.as_ref().expect("node is up").raft
+    }
+
     pub fn role(&self, id: NodeId) -> StateRole {
-        self.nodes[&id].raw.as_ref().expect("up").raft.state
+        self.raft_of(id).state
     }
 
     pub fn term(&self, id: NodeId) -> u64 {
-        self.nodes[&id].raw.as_ref().expect("up").raft.term
+        self.raft_of(id).term
     }
 
     pub fn committed(&self, id: NodeId) -> u64 {
-        self.nodes[&id]
-            .raw
-            .as_ref()
-            .expect("up")
-            .raft
-            .raft_log
-            .committed
+        self.raft_of(id).raft_log.committed
     }
 
     pub fn last_index(&self, id: NodeId) -> u64 {
-        self.nodes[&id]
-            .raw
-            .as_ref()
-            .expect("up")
-            .raft
-            .raft_log
-            .last_index()
+        self.raft_of(id).raft_log.last_index()
     }
 
     /// The leader among running nodes with the highest term, if any.
