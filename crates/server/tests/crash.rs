@@ -46,6 +46,7 @@ use common::{DEADLINE, Refusal, Retcd};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message as _;
 use retcd_api::etcdserverpb::InternalRaftRequest;
+use retcd_raft::rand::SplitMix64;
 use tokio::sync::watch;
 
 // ---------------------------------------------------------------------------------------
@@ -76,10 +77,9 @@ impl Seed {
 
     /// An independent stream of randomness for one part of the test.
     fn rng(&self, stream: u64) -> Rng {
-        let mut s = self.base ^ fnv1a(self.test.as_bytes());
-        let a = splitmix64(&mut s);
-        let mut s = a ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        Rng(splitmix64(&mut s))
+        let a = SplitMix64::new(self.base ^ fnv1a(self.test.as_bytes())).next_u64();
+        let s = a ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Rng(SplitMix64::new(SplitMix64::new(s).next_u64()))
     }
 }
 
@@ -100,24 +100,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        splitmix64(&mut self.0)
-    }
     /// Uniform in `0..n`; `n > 0`.
     fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "below(0)");
-        self.next() % n
+        self.0.below(n)
     }
     /// Uniform in `lo..=hi`.
     fn range(&mut self, lo: u64, hi: u64) -> u64 {

@@ -16,20 +16,14 @@ use retcd_api::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest, compare, request_op,
 };
+use retcd_raft::rand::SplitMix64;
 use tonic::Code;
 
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
     fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
@@ -163,7 +157,7 @@ async fn hostile_kv_requests_never_break_the_server() {
         .await
         .expect("connect")
         .max_decoding_message_size(64 << 20);
-    let mut r = Rng(seed);
+    let mut r = Rng(SplitMix64::new(seed));
     let mut answered = [0u64; 2];
     for i in 0..count {
         let kind = r.below(5);

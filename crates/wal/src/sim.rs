@@ -18,6 +18,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use retcd_raft::rand::SplitMix64;
+
 use crate::vfs::{FileLock, Vfs, VfsFile};
 
 /// The sector size of the simulated disk: the unit in which reordered writeback persists.
@@ -92,7 +94,7 @@ impl DirOp {
 
 #[derive(Debug)]
 struct State {
-    rng: u64,
+    rng: SplitMix64,
     /// Bumped by every crash; handles from an earlier epoch are dead.
     epoch: u64,
     dirs: BTreeSet<PathBuf>,
@@ -107,21 +109,9 @@ struct State {
     mutations: u64,
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 impl State {
     fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            splitmix64(&mut self.rng) % n
-        }
+        if n == 0 { 0 } else { self.rng.below(n) }
     }
 
     /// Counts a mutating call and decides whether an injected fault hits it.
@@ -279,7 +269,7 @@ impl SimVfs {
     /// An empty disk whose crashes are drawn from `seed`.
     pub fn new(seed: u64) -> Self {
         let state = State {
-            rng: seed,
+            rng: SplitMix64::new(seed),
             epoch: 0,
             dirs: BTreeSet::from([PathBuf::from("/")]),
             names: BTreeMap::new(),

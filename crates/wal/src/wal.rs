@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use retcd_raft::rand::SplitMix64;
 use retcd_raft::{Entry, HardState};
 
 use crate::error::{Result, WalError, io_err};
@@ -108,15 +109,7 @@ pub struct Wal {
     hard_state: HardState,
     buf: Vec<u8>,
     poisoned: Option<String>,
-    salt_state: u64,
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    salt_state: SplitMix64,
 }
 
 fn lock_dir(vfs: &dyn Vfs, dir: &Path) -> Result<FileLock> {
@@ -153,14 +146,15 @@ impl Wal {
             return Err(WalError::AlreadyExists { dir });
         }
         remove_tmp_segments(vfs.as_ref(), &dir)?;
-        let mut salt_state = opts
-            .salt_seed
-            .unwrap_or_else(|| RandomState::new().hash_one(&dir));
+        let mut salt_state = SplitMix64::new(
+            opts.salt_seed
+                .unwrap_or_else(|| RandomState::new().hash_one(&dir)),
+        );
         let first = SegmentId {
             seq: 0,
             first_index: 0,
         };
-        let salt = splitmix64(&mut salt_state) as u32;
+        let salt = salt_state.next_u64() as u32;
         let metadata = Bytes::copy_from_slice(metadata);
         let (tail, tail_offset) = create_segment(
             vfs.as_ref(),
@@ -251,9 +245,10 @@ impl Wal {
         // durable before the caller acts on it. Likewise for names it created.
         tail.sync_all().map_err(io_err("fsync", &tail_path))?;
         vfs.sync_dir(&dir).map_err(io_err("fsync dir", &dir))?;
-        let salt_state = opts
-            .salt_seed
-            .map_or_else(|| RandomState::new().hash_one(&dir), |s| s ^ last.seq);
+        let salt_state = SplitMix64::new(
+            opts.salt_seed
+                .map_or_else(|| RandomState::new().hash_one(&dir), |s| s ^ last.seq),
+        );
         let recovered = replay.recovered(&tail_path);
         let wal = Wal {
             dir,
@@ -499,7 +494,7 @@ impl Wal {
             seq: last.seq + 1,
             first_index: self.last_index + 1,
         };
-        let salt = splitmix64(&mut self.salt_state) as u32;
+        let salt = self.salt_state.next_u64() as u32;
         let (tail, offset) = create_segment(
             self.opts.vfs.as_ref(),
             &self.dir,

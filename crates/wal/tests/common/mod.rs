@@ -12,21 +12,17 @@ use retcd_wal::{Recovered, SnapshotMarker, Vfs, WalOptions};
 
 pub const META: &[u8] = b"node=1 cluster=7";
 
-/// splitmix64: tiny, seedable, good enough to drive tests.
+/// The core's splitmix64, with the conveniences these tests use.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(retcd_raft::rand::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(retcd_raft::rand::SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in 0..n (0 when n is 0).
