@@ -1,0 +1,14 @@
+//! Test kit for multi-process cluster tests: start N `retcd` (or `etcd`) processes on
+//! 127.0.0.1 with free ports and temporary directories, put a fault-injecting TCP proxy
+//! on every peer link, kill/pause/resume members, record every client operation, and
+//! check the recorded history for linearizability.
+//!
+//! - [`cluster`]: process launcher and member control (SIGKILL, SIGSTOP/SIGCONT, restart).
+//! - [`proxy`]: TCP proxy with blackhole, delay and loss, per source member.
+//! - [`history`]: operations with call and return times, as a recording client logs them.
+//! - [`linearizability`]: a Wing-Gong style checker for key-value histories.
+
+pub mod cluster;
+pub mod history;
+pub mod linearizability;
+pub mod proxy;
