@@ -26,7 +26,9 @@ etcd --name bench --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1
   --initial-advertise-peer-urls "http://127.0.0.1:$ep2" --initial-cluster "bench=http://127.0.0.1:$ep2" \
   --log-level error >"$work/etcd.log" 2>&1 & pids+=($!)
 $RETCD --name bench --data-dir "$work/retcd" --listen-client-urls "http://127.0.0.1:$rp" \
-  --advertise-client-urls "http://127.0.0.1:$rp" --log-level error >"$work/retcd.log" 2>&1 & pids+=($!)
+  --advertise-client-urls "http://127.0.0.1:$rp" --listen-peer-urls "http://127.0.0.1:$rp2" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$rp2" --initial-cluster "bench=http://127.0.0.1:$rp2" \
+  --log-level error >"$work/retcd.log" 2>&1 & pids+=($!)
 wait_ready "$ep"; wait_ready "$rp"
 for p in $ep $rp; do $BENCH --endpoints "127.0.0.1:$p" --total 1 put --key-prefix fo --key-size 3 >/dev/null; done
 

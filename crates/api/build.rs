@@ -13,7 +13,9 @@ const PROTO_FILES: &[&str] = &[
     "mvccpb/kv.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
+    "membershippb/membership.proto",
     "etcdserverpb/raft_internal.proto",
+    "peerpb/peer.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
     "grpc/health/v1/health.proto",
@@ -36,7 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Kept for gRPC reflection and the JSON gateway, which need the schema at
     // run time.
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
-    fs::write(out_dir.join("retcd_descriptor.bin"), fds.encode_to_vec())?;
+    // The member-to-member protocol (peerpb) is not part of the client-facing schema.
+    let mut client_facing = fds.clone();
+    client_facing.file.retain(|f| f.package() != "peerpb");
+    fs::write(
+        out_dir.join("retcd_descriptor.bin"),
+        client_facing.encode_to_vec(),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

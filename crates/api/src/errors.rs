@@ -133,6 +133,8 @@ etcd_errors! {
     NotCapable => Unavailable, "etcdserver: not capable";
     Stopped => Unavailable, "etcdserver: server stopped";
     Timeout => Unavailable, "etcdserver: request timed out";
+    /// MoveLeader did not see the transferee lead in time.
+    TimeoutLeaderTransfer => Unavailable, "etcdserver: request timed out, leader transfer took too long";
     TimeoutDueToLeaderFail => Unavailable, "etcdserver: request timed out, possibly due to previous leader failure";
     TimeoutDueToConnectionLost => Unavailable, "etcdserver: request timed out, possibly due to connection lost";
     TimeoutWaitAppliedIndex => Unavailable, "etcdserver: request timed out, waiting for the applied index took too long";
@@ -442,6 +444,11 @@ mod tests {
             EtcdError::Timeout,
             Code::Unavailable,
             "etcdserver: request timed out",
+        ),
+        (
+            EtcdError::TimeoutLeaderTransfer,
+            Code::Unavailable,
+            "etcdserver: request timed out, leader transfer took too long",
         ),
         (
             EtcdError::TimeoutDueToLeaderFail,

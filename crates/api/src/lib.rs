@@ -84,6 +84,16 @@ generated_module!(
     "v3electionpb.rs"
 );
 generated_module!(
+    /// Cluster membership records proposed through Raft (`membershippb`).
+    membershippb,
+    "membershippb.rs"
+);
+generated_module!(
+    /// retcd's member-to-member protocol: Raft messages and snapshots (`peerpb`).
+    peerpb,
+    "peerpb.rs"
+);
+generated_module!(
     /// The standard gRPC health service (`grpc.health.v1`).
     health,
     "grpc.health.v1.rs"

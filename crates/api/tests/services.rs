@@ -244,6 +244,7 @@ fn descriptor_set_uses_etcds_package_names() {
             "authpb",
             "etcdserverpb",
             "grpc.health.v1",
+            "membershippb",
             "mvccpb",
             "v3electionpb",
             "v3lockpb"

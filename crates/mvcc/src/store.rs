@@ -83,38 +83,24 @@ impl<B: Backend> KvStore<B> {
     /// the current and compaction revisions, and finishes a compaction that was scheduled
     /// but not finished.
     pub fn open(backend: B) -> Result<Self, MvccError> {
-        let rtx = backend.begin_read()?;
-        let consistent_index = meta::read_consistent_index(&rtx)?;
-        let scheduled = read_compact_rev(&rtx, meta::SCHEDULED_COMPACT_KEY)?;
-        let finished = read_compact_rev(&rtx, meta::FINISHED_COMPACT_KEY)?;
-        let (mut index, max_rev) = rebuild_index(&rtx)?;
-        drop(rtx);
-
-        let mut compact_rev = finished.unwrap_or(-1);
-        if let Some(scheduled) = scheduled.filter(|&s| s > compact_rev) {
-            let keep = index.compaction_keep(scheduled);
-            let mut tx = backend.begin_write()?;
-            write::physical_compaction(&mut tx, scheduled, &keep)?;
-            tx.commit()?;
-            compact_rev = scheduled;
-        }
-        if compact_rev >= 0 {
-            index.compact(compact_rev);
-        }
-        // A fresh store is at revision 1, so the first write gets revision 2, as in etcd.
-        // Compaction always keeps the newest change, so max_rev is the last committed
-        // revision; compact_rev covers a history whose last changes were all compacted away.
-        let current_rev = max_rev.max(compact_rev).max(1);
+        let state = load_state(&backend)?;
         Ok(Self {
             backend,
-            state: RwLock::new(State {
-                index,
-                current_rev,
-                compact_rev,
-                consistent_index,
-            }),
+            state: RwLock::new(state),
             writer: Mutex::new(Writer { poisoned: false }),
         })
+    }
+
+    /// Replaces the whole store with a backend snapshot image (a Raft snapshot from the
+    /// leader), atomically: readers see the old store or the new one, never a mix. On a
+    /// bad image nothing changes. Clears a poisoned writer, since the state is reloaded.
+    pub fn restore_snapshot(&self, image: &mut dyn std::io::Read) -> Result<(), MvccError> {
+        let mut writer = self.writer.lock().expect("mvcc writer lock poisoned");
+        self.backend.restore_snapshot(image)?;
+        let state = load_state(&self.backend)?;
+        *self.state.write().expect("mvcc state lock poisoned") = state;
+        writer.poisoned = false;
+        Ok(())
     }
 
     /// The backend, for size, defragment and snapshots. Writing MVCC data through it
@@ -202,6 +188,39 @@ impl<B: Backend> KvStore<B> {
     pub(crate) fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().expect("mvcc state lock poisoned")
     }
+}
+
+/// Rebuilds the key index from the `key` bucket, restores the current and compaction
+/// revisions, and finishes a compaction that was scheduled but not finished.
+fn load_state<B: Backend>(backend: &B) -> Result<State, MvccError> {
+    let rtx = backend.begin_read()?;
+    let consistent_index = meta::read_consistent_index(&rtx)?;
+    let scheduled = read_compact_rev(&rtx, meta::SCHEDULED_COMPACT_KEY)?;
+    let finished = read_compact_rev(&rtx, meta::FINISHED_COMPACT_KEY)?;
+    let (mut index, max_rev) = rebuild_index(&rtx)?;
+    drop(rtx);
+
+    let mut compact_rev = finished.unwrap_or(-1);
+    if let Some(scheduled) = scheduled.filter(|&s| s > compact_rev) {
+        let keep = index.compaction_keep(scheduled);
+        let mut tx = backend.begin_write()?;
+        write::physical_compaction(&mut tx, scheduled, &keep)?;
+        tx.commit()?;
+        compact_rev = scheduled;
+    }
+    if compact_rev >= 0 {
+        index.compact(compact_rev);
+    }
+    // A fresh store is at revision 1, so the first write gets revision 2, as in etcd.
+    // Compaction always keeps the newest change, so max_rev is the last committed
+    // revision; compact_rev covers a history whose last changes were all compacted away.
+    let current_rev = max_rev.max(compact_rev).max(1);
+    Ok(State {
+        index,
+        current_rev,
+        compact_rev,
+        consistent_index,
+    })
 }
 
 fn read_compact_rev(tx: &impl ReadTx, key: &[u8]) -> Result<Option<i64>, MvccError> {

@@ -681,3 +681,48 @@ fn concurrent_readers_see_whole_revisions() {
     });
     assert_eq!(store.current_revision(), 301);
 }
+
+// Goal: restoring a snapshot image replaces the whole store in place: keys, history,
+// compaction revision and consistent index become the image's, and a bad image changes
+// nothing.
+#[test]
+fn restore_snapshot_replaces_the_store_in_place() {
+    let source = KvStore::open(MemBackend::default()).unwrap();
+    put(&source, "a", "1");
+    put(&source, "b", "2");
+    put(&source, "a", "3");
+    compact(&source, 3).unwrap();
+    let mut image = Vec::new();
+    source
+        .backend()
+        .begin_read()
+        .unwrap()
+        .write_snapshot(&mut image)
+        .unwrap();
+
+    let target = KvStore::open(MemBackend::default()).unwrap();
+    for i in 0..10 {
+        put(&target, &format!("old{i}"), "x");
+    }
+    // A truncated image is refused and the target keeps its data.
+    assert!(
+        target
+            .restore_snapshot(&mut &image[..image.len() - 3])
+            .is_err()
+    );
+    assert_eq!(target.current_revision(), 11);
+    target.restore_snapshot(&mut image.as_slice()).unwrap();
+    assert_eq!(target.current_revision(), source.current_revision());
+    assert_eq!(target.compact_revision(), 3);
+    assert_eq!(get(&target, "old0", 0).unwrap(), None);
+    assert_eq!(get(&target, "a", 0).unwrap(), Some(kv("a", "3", 2, 4, 2)));
+    assert!(matches!(
+        get(&target, "a", 2),
+        Err(MvccError::Compacted { .. })
+    ));
+    // The restored store takes writes after the image's revision.
+    assert_eq!(
+        put(&target, "c", "4").revision,
+        source.current_revision() + 1
+    );
+}

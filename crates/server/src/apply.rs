@@ -39,6 +39,8 @@ pub enum ApplyResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    /// A membership change: the members after it.
+    Members(Vec<retcd_api::etcdserverpb::Member>),
 }
 
 /// What the proposer of an entry is told.

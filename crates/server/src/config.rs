@@ -272,12 +272,7 @@ impl Config {
             return invalid(format!("unknown log level {:?}", self.log_level));
         }
         match self.initial_cluster_state.as_str() {
-            "new" => {}
-            "existing" => {
-                return Err(ConfigError::Unsupported(
-                    "initial-cluster-state=existing".into(),
-                ));
-            }
+            "new" | "existing" => {}
             other => {
                 return invalid(format!(
                     "invalid value {other:?} for --initial-cluster-state (want \"new\" or \"existing\")"
@@ -287,20 +282,16 @@ impl Config {
         for url in &self.listen_client_urls {
             parse_listen_url(url)?;
         }
-        let members = self.initial_cluster_members()?;
-        if members.len() != 1 {
-            return Err(ConfigError::Unsupported(format!(
-                "initial-cluster with {} members (retcd runs a single member for now)",
-                members.len()
-            )));
+        for url in &self.listen_peer_urls {
+            parse_listen_url(url)?;
         }
-        let (name, urls) = &members[0];
-        if name != &self.name {
+        let members = self.initial_cluster_members()?;
+        let Some((name, urls)) = members.iter().find(|(n, _)| n == &self.name) else {
             return invalid(format!(
                 "couldn't find local name {:?} in the initial cluster configuration",
                 self.name
             ));
-        }
+        };
         let mut mine = self.initial_advertise_peer_urls.clone();
         let mut theirs = urls.clone();
         mine.sort();
@@ -349,6 +340,13 @@ impl Config {
     }
 
     /// `--listen-client-urls`, parsed.
+    pub fn peer_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
+        self.listen_peer_urls
+            .iter()
+            .map(|u| parse_listen_url(u))
+            .collect()
+    }
+
     pub fn client_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
         self.listen_client_urls
             .iter()
@@ -507,7 +505,29 @@ mod tests {
         assert!(parse(&["--log-level", "loud"]).is_err());
         assert!(parse(&["--listen-client-urls", "https://127.0.0.1:1"]).is_err());
         assert!(parse(&["--listen-client-urls", "http://127.0.0.1"]).is_err());
+        // The local name must be in the initial cluster.
         assert!(parse(&["--initial-cluster", "a=http://x:1,b=http://y:2"]).is_err());
-        assert!(parse(&["--initial-cluster-state", "existing"]).is_err());
+        assert!(parse(&["--initial-cluster-state", "bogus"]).is_err());
+    }
+
+    // Goal: a member of a three-member cluster, new or joining, parses.
+    #[test]
+    fn cluster_flags() {
+        let args = [
+            "--name",
+            "b",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3",
+        ];
+        let c = parse(&args).unwrap();
+        assert_eq!(c.initial_cluster_members().unwrap().len(), 3);
+        let mut joining = args.to_vec();
+        joining.extend(["--initial-cluster-state", "existing"]);
+        assert_eq!(parse(&joining).unwrap().initial_cluster_state, "existing");
+        let mut wrong_url = args.to_vec();
+        wrong_url[3] = "http://127.0.0.1:9";
+        assert!(parse(&wrong_url).is_err());
     }
 }

@@ -54,12 +54,15 @@
 //!   the process exits non-zero.
 
 mod apply;
+mod authority;
 pub mod config;
 mod errors;
 mod grpc;
 mod http;
 pub mod ids;
+mod membership;
 pub mod metrics;
+mod peer;
 mod raft_node;
 mod server;
 

@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -54,15 +54,18 @@ use retcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader, ResponseHeader
 use retcd_backend::{Backend, ConsistentIndex, RedbBackend, RedbConfig, WriteTx};
 use retcd_mvcc::{KvStore, MvccError};
 use retcd_raft::{
-    ConfChange, ConfChangeV2, ConfState, EntryType, MemStorage, RawNode, Snapshot, StateRole,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, EntryType, MemStorage, Message,
+    MessageType, RawNode, Snapshot, SnapshotStatus, StateRole,
 };
 use retcd_wal::{SnapshotMarker, Snapshotter, StdVfs, Wal, WalOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::apply::{self, ApplyResult};
+use crate::apply::{self, ApplyResponse, ApplyResult};
 use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
+use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
+use crate::peer::transport::{Transport, TransportEvent};
 
 /// Longest a non-durable backend commit may stay the newest (etcd's batch interval).
 pub const BACKEND_BATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -85,6 +88,22 @@ enum Input {
         id: u64,
         data: Bytes,
         reply: oneshot::Sender<ApplyResult>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// A configuration change (its `id` is the waiter's request id).
+    ConfChange {
+        cc: ConfChange,
+        reply: oneshot::Sender<ApplyResult>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// A Raft message from a peer (boxed: it is much larger than the other inputs).
+    Step {
+        message: Box<Message>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Hand leadership to this member (Maintenance.MoveLeader).
+    TransferLeader {
+        to: u64,
         _permit: OwnedSemaphorePermit,
     },
     /// A linearizable read: answered with the read index once it is applied.
@@ -131,6 +150,16 @@ pub struct Shared {
     stopped: tokio::sync::watch::Sender<bool>,
     /// The last measured bytes in use and when they were measured.
     db_in_use_cache: Mutex<Option<(Instant, u64)>>,
+    /// The membership as of the applied index.
+    membership: RwLock<Membership>,
+    /// Raft role of this member.
+    role: AtomicU64,
+    /// Where received snapshot images are kept until installed.
+    pub snap_dir: PathBuf,
+    /// This member was removed from the cluster (the loop stops).
+    removed: AtomicBool,
+    /// On the leader: each member's match index, refreshed every turn.
+    progress: Mutex<HashMap<u64, u64>>,
 }
 
 impl Shared {
@@ -148,6 +177,25 @@ impl Shared {
     }
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Acquire)
+    }
+    /// Whether the loop stopped because this member was removed from the cluster.
+    pub fn was_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+    pub fn is_leader(&self) -> bool {
+        self.role.load(Ordering::Acquire) == 1
+    }
+    /// The membership as of the applied index.
+    pub fn membership(&self) -> Membership {
+        self.membership.read().expect("membership lock").clone()
+    }
+    /// Whether this member is a learner (as of the applied index).
+    pub fn is_learner(&self) -> bool {
+        self.membership
+            .read()
+            .expect("membership lock")
+            .get(self.member_id)
+            .is_some_and(|m| m.is_learner)
     }
 
     /// The backend's size and the bytes of it in use. Blocking: call off the reactor.
@@ -192,6 +240,7 @@ pub struct NodeHandle {
     next_id: AtomicU64,
     max_request_bytes: usize,
     request_timeout: Duration,
+    election_timeout: Duration,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), NodeError>>>>,
 }
 
@@ -205,6 +254,18 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
+    pub bootstrap: Bootstrap,
+    /// Where the transport's tasks run.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// How a member with an empty data directory starts.
+pub enum Bootstrap {
+    /// A new cluster of these members (this one among them): `--initial-cluster-state new`.
+    New { members: Vec<Member> },
+    /// Joining a running cluster that already added this member (`existing`): the
+    /// membership as a peer reported it.
+    Existing { membership: Membership },
 }
 
 /// `<data-dir>/member/wal`, `<data-dir>/member/snap` and `<data-dir>/member/snap/db`.
@@ -225,6 +286,7 @@ impl DataLayout {
     }
 }
 
+/// The WAL's metadata record: member id and cluster id, 8 bytes each, big-endian.
 fn encode_wal_metadata(member: MemberId, cluster: ClusterId) -> Vec<u8> {
     let mut m = member.0.to_be_bytes().to_vec();
     m.extend_from_slice(&cluster.0.to_be_bytes());
@@ -233,14 +295,45 @@ fn encode_wal_metadata(member: MemberId, cluster: ClusterId) -> Vec<u8> {
 
 fn decode_wal_metadata(m: &[u8]) -> Result<(MemberId, ClusterId), NodeError> {
     let bad = || NodeError::Invalid(format!("WAL metadata has {} bytes, want 16", m.len()));
-    let member = u64::from_be_bytes(m.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    let cluster = u64::from_be_bytes(
-        m.get(8..16)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    Ok((MemberId(member), ClusterId(cluster)))
+    if m.len() != 16 {
+        return Err(bad());
+    }
+    let word = |i: usize| u64::from_be_bytes(m[i..i + 8].try_into().expect("8 bytes"));
+    Ok((MemberId(word(0)), ClusterId(word(8))))
+}
+
+/// Meta key of the peers a member joining an existing cluster learned at its start,
+/// which it can reach before its log tells it the membership.
+const JOIN_PEERS_KEY: &[u8] = b"retcd_join_peers";
+
+/// The first entries of a new cluster's log, the same on every member: one
+/// configuration change adding each initial member (sorted by id), at term 1, committed.
+/// A member that joins later replays them like any other entry, so every member derives
+/// the configuration from the log alone (etcd bootstraps the same way).
+fn bootstrap_entries(members: &[Member]) -> Vec<retcd_raft::Entry> {
+    let mut sorted: Vec<&Member> = members.iter().collect();
+    sorted.sort_by_key(|m| m.id);
+    sorted
+        .iter()
+        .zip(1u64..)
+        .map(|(m, index)| retcd_raft::Entry {
+            term: 1,
+            index,
+            entry_type: EntryType::ConfChange,
+            data: ConfChange {
+                id: 0,
+                change_type: ConfChangeType::AddNode,
+                node_id: m.id.0,
+                context: Bytes::from(m.encode()),
+            }
+            .encode(),
+        })
+        .collect()
+}
+
+/// Where a received snapshot image waits until it is installed.
+pub fn snapshot_image_path(snap_dir: &Path, index: u64) -> PathBuf {
+    snap_dir.join(format!("{index:016x}.snap.db"))
 }
 
 /// The WAL and the Raft log a member starts from.
@@ -250,19 +343,23 @@ struct Recovered {
     member_id: MemberId,
     cluster_id: ClusterId,
     snapshot_index: u64,
+    /// The Raft configuration as of the snapshot (or the bootstrap).
+    conf_state: ConfState,
 }
 
 /// Restarts from the newest snapshot the WAL has a marker for and the log after it, or
-/// creates a new WAL for a new member. Checks that the backend (at `ci`) and the WAL
-/// belong together.
+/// creates a new WAL for a new member. Checks that the backend and the WAL belong
+/// together. A snapshot image received from the leader but not yet installed when the
+/// member stopped is installed now.
 fn recover_or_bootstrap(
     cfg: &NodeConfig,
     layout: &DataLayout,
     snapshotter: &Snapshotter,
-    ci: ConsistentIndex,
+    kv: &KvStore<RedbBackend>,
 ) -> Result<Recovered, NodeError> {
     let wal_opts = WalOptions::default();
-    let recovered = if Wal::exists(&layout.wal_dir, &StdVfs)? {
+    let ci = kv.consistent_index();
+    if Wal::exists(&layout.wal_dir, &StdVfs)? {
         let markers = retcd_wal::valid_snapshot_markers(&layout.wal_dir, &wal_opts)?;
         let load = snapshotter.load_matching(&markers)?;
         let snapshot = load.snapshot;
@@ -278,18 +375,37 @@ fn recover_or_bootstrap(
                 "the data directory belongs to another member id than the flags give; using the data directory's"
             );
         }
-        let storage = MemStorage::new_with_conf_state(single_member_conf_state(member_id));
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.metadata.index);
+        // Without a snapshot the configuration is rebuilt from the log's entries.
+        let conf_state = snapshot
+            .as_ref()
+            .map_or(ConfState::default(), |s| s.metadata.conf_state.clone());
+        let storage = MemStorage::new();
         if let Some(s) = snapshot {
             storage.apply_snapshot(s)?;
         }
         storage.set_hard_state(recovered.hard_state);
         storage.append(&recovered.entries)?;
         let hs = recovered.hard_state;
+        let mut ci = ci;
+        if ci.index < snapshot_index {
+            // The member stopped between saving a received snapshot and installing it.
+            let image = snapshot_image_path(&layout.snap_dir, snapshot_index);
+            if image.exists() {
+                install_image(kv, &image)?;
+                ci = kv.consistent_index();
+                tracing::info!(
+                    index = snapshot_index,
+                    "installed a received snapshot image left from before the restart"
+                );
+            }
+        }
         // Invariant: a durable backend commit never covers more than the WAL's
         // durable commit index (see the module docs); anything else means the
-        // backend and the WAL do not belong together.
-        if ci.index > hs.commit {
+        // backend and the WAL do not belong together. A snapshot from the leader may
+        // carry a backend ahead of its own index (etcd's rule too), which the WAL's
+        // snapshot marker vouches for.
+        if ci.index > hs.commit && ci.index > snapshot_index {
             return Err(NodeError::Invalid(format!(
                 "backend consistent index {} ({}) is beyond the WAL's commit index {} ({}): the WAL lost records it had fsynced, or the two do not belong together",
                 ci.index,
@@ -314,42 +430,106 @@ fn recover_or_bootstrap(
             entries = recovered.entries.len(),
             "restarting member from its data directory"
         );
-        Recovered {
+        return Ok(Recovered {
             wal,
             storage,
             member_id,
             cluster_id,
             snapshot_index,
-        }
-    } else {
-        if ci.index != 0 {
-            return Err(NodeError::Invalid(format!(
-                "{} holds applied data (consistent index {}) but {} holds no WAL",
-                layout.db_path.display(),
-                ci.index,
-                layout.wal_dir.display()
-            )));
-        }
-        let wal = Wal::create(
-            &layout.wal_dir,
-            &encode_wal_metadata(cfg.member_id, cfg.cluster_id),
+            conf_state,
+        });
+    }
+    if ci.index != 0 {
+        return Err(NodeError::Invalid(format!(
+            "{} holds applied data (consistent index {}) but {} holds no WAL",
+            layout.db_path.display(),
+            ci.index,
+            layout.wal_dir.display()
+        )));
+    }
+    // A joining member records whom it can reach first; should it stop before the WAL
+    // exists, the next start bootstraps again and writes the same record.
+    if let Bootstrap::Existing { membership } = &cfg.bootstrap {
+        let peers = retcd_api::peerpb::MembersResponse {
+            cluster_id: cfg.cluster_id.0,
+            member_id: cfg.member_id.0,
+            members: membership.members.values().map(Member::to_proto).collect(),
+            removed: membership.removed.iter().map(|id| id.0).collect(),
+        };
+        let mut tx = kv.backend().begin_write()?;
+        tx.put(
+            retcd_backend::Bucket::Meta,
+            JOIN_PEERS_KEY,
+            &peers.encode_to_vec(),
         )?;
-        tracing::info!(
-            member_id = %cfg.member_id,
-            cluster_id = %cfg.cluster_id,
-            data_dir = %cfg.data_dir.display(),
-            "starting a new single-member cluster"
-        );
-        let storage = MemStorage::new_with_conf_state(single_member_conf_state(cfg.member_id));
-        Recovered {
-            wal,
-            storage,
-            member_id: cfg.member_id,
-            cluster_id: cfg.cluster_id,
-            snapshot_index: 0,
+        tx.commit()?;
+    }
+    let mut wal = Wal::create(
+        &layout.wal_dir,
+        &encode_wal_metadata(cfg.member_id, cfg.cluster_id),
+    )?;
+    let storage = MemStorage::new();
+    let joining = match &cfg.bootstrap {
+        Bootstrap::New { members } => {
+            let entries = bootstrap_entries(members);
+            let hs = retcd_raft::HardState {
+                term: 1,
+                vote: 0,
+                commit: entries.len() as u64,
+            };
+            wal.save(&hs, &entries)?;
+            storage.append(&entries)?;
+            storage.set_hard_state(hs);
+            false
         }
+        Bootstrap::Existing { .. } => true,
     };
-    Ok(recovered)
+    tracing::info!(
+        member_id = %cfg.member_id,
+        cluster_id = %cfg.cluster_id,
+        joining,
+        data_dir = %cfg.data_dir.display(),
+        "starting a new member"
+    );
+    Ok(Recovered {
+        wal,
+        storage,
+        member_id: cfg.member_id,
+        cluster_id: cfg.cluster_id,
+        snapshot_index: 0,
+        conf_state: ConfState::default(),
+    })
+}
+
+/// The peers a joining member learned at its start (empty for everyone else).
+fn join_peers(kv: &KvStore<RedbBackend>) -> Result<Vec<(MemberId, Vec<String>)>, NodeError> {
+    use retcd_backend::ReadTx as _;
+    let Some(bytes) = kv
+        .backend()
+        .begin_read()?
+        .get(retcd_backend::Bucket::Meta, JOIN_PEERS_KEY)?
+    else {
+        return Ok(Vec::new());
+    };
+    let resp = retcd_api::peerpb::MembersResponse::decode(bytes.as_slice())
+        .map_err(|e| NodeError::Invalid(format!("join peers record: {e}")))?;
+    Ok(resp
+        .members
+        .into_iter()
+        .map(Member::from_proto)
+        .map(|m| (m.id, m.peer_urls))
+        .collect())
+}
+
+/// Replaces the store with a snapshot image file, then deletes the file.
+fn install_image(kv: &KvStore<RedbBackend>, image: &Path) -> Result<(), NodeError> {
+    let file = std::fs::File::open(image)?;
+    let mut reader = std::io::BufReader::new(file);
+    kv.restore_snapshot(&mut reader)?;
+    if let Err(e) = std::fs::remove_file(image) {
+        tracing::warn!(path = %image.display(), error = %e, "cannot remove an installed snapshot image");
+    }
+    Ok(())
 }
 
 impl NodeHandle {
@@ -359,7 +539,6 @@ impl NodeHandle {
         std::fs::create_dir_all(&layout.snap_dir)?;
         let backend = RedbBackend::open(&layout.db_path, &RedbConfig::default())?;
         let kv = Arc::new(KvStore::open(backend)?);
-        let ci = kv.consistent_index();
         let snapshotter = Snapshotter::new(&layout.snap_dir)?;
 
         let Recovered {
@@ -368,22 +547,27 @@ impl NodeHandle {
             member_id,
             cluster_id,
             snapshot_index,
-        } = recover_or_bootstrap(&cfg, &layout, &snapshotter, ci)?;
+            conf_state,
+        } = recover_or_bootstrap(&cfg, &layout, &snapshotter, &kv)?;
+        let ci = kv.consistent_index();
+        let membership = Membership::load(&kv.backend().begin_read()?)?;
 
         let mut raft_cfg = retcd_raft::Config::new(member_id.0);
         raft_cfg.election_tick = cfg.election_ticks;
         raft_cfg.heartbeat_tick = 1;
-        raft_cfg.applied = ci.index;
+        // Raft re-delivers every entry after the snapshot: apply skips the data the
+        // backend already has but re-applies configuration changes, which live only in
+        // memory in the Raft core.
+        raft_cfg.applied = snapshot_index;
         raft_cfg.pre_vote = true;
         raft_cfg.check_quorum = true;
         // Jitter seed only; never reaches the state machine.
         raft_cfg.seed = member_id.0 ^ wall_clock_nanos();
-        let mut raw = RawNode::new(&raft_cfg, storage.clone())?;
-        let conf_state = single_member_conf_state(member_id);
-        // A lone voter need not wait an election timeout to learn nobody else leads.
-        if conf_state.voters == [member_id.0] {
-            raw.campaign()?;
-        }
+        let raw = RawNode::new(&raft_cfg, storage.clone())?;
+        let (events_tx, events) = std::sync::mpsc::channel();
+        let transport = Transport::new(cfg.runtime.clone(), member_id, cluster_id, events_tx);
+        let join_peers = join_peers(&kv)?;
+        transport.set_peers(&peer_list(&membership, member_id, &join_peers));
 
         let shared = Arc::new(Shared {
             member_id,
@@ -397,6 +581,11 @@ impl NodeHandle {
             running: AtomicBool::new(true),
             stopped: tokio::sync::watch::Sender::new(false),
             db_in_use_cache: Mutex::new(None),
+            membership: RwLock::new(membership),
+            role: AtomicU64::new(0),
+            snap_dir: layout.snap_dir.clone(),
+            progress: Mutex::new(HashMap::new()),
+            removed: AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE_CAPACITY);
         let now = Instant::now();
@@ -409,6 +598,12 @@ impl NodeHandle {
             shared: shared.clone(),
             metrics,
             rx,
+            pending_membership: None,
+            join_peers,
+            campaigned: false,
+            force_snapshot: false,
+            transport,
+            events,
             waiters: HashMap::new(),
             read_batch: Vec::new(),
             reads_in_flight: HashMap::new(),
@@ -452,6 +647,7 @@ impl NodeHandle {
             next_id: AtomicU64::new(id_base),
             max_request_bytes: cfg.max_request_bytes,
             request_timeout: cfg.request_timeout,
+            election_timeout: cfg.heartbeat_interval * cfg.election_ticks as u32,
             thread: Mutex::new(Some(thread)),
         }))
     }
@@ -483,6 +679,17 @@ impl NodeHandle {
     /// Proposes `req` through Raft and waits until it is committed, durable in the WAL and
     /// applied; returns what apply answered.
     pub async fn propose(
+        &self,
+        req: InternalRaftRequest,
+    ) -> Result<apply::ApplyResponse, RequestError> {
+        // A learner takes no client writes (its own attribute publication excepted).
+        if self.shared.is_learner() && req.cluster_member_attr_set.is_none() {
+            return Err(EtcdError::NotSupportedForLearner.into());
+        }
+        self.propose_any(req).await
+    }
+
+    async fn propose_any(
         &self,
         mut req: InternalRaftRequest,
     ) -> Result<apply::ApplyResponse, RequestError> {
@@ -517,9 +724,65 @@ impl NodeHandle {
         }
     }
 
+    /// Hands a Raft message from a peer to the loop (waits for room in the queue).
+    pub async fn step(&self, message: Message) -> Result<(), RequestError> {
+        let permit = self.permit().await?;
+        self.send(Input::Step {
+            message: Box::new(message),
+            _permit: permit,
+        })
+    }
+
+    /// Proposes a membership change and waits until it is applied. `change` gets the
+    /// request id to use as the change's id.
+    pub async fn propose_conf_change(
+        &self,
+        change: impl FnOnce(u64) -> ConfChange,
+    ) -> Result<ApplyResponse, RequestError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cc = change(id);
+        let permit = self.permit().await?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::ConfChange {
+            cc,
+            reply,
+            _permit: permit,
+        })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(RequestError::from),
+            Ok(Err(_)) => Err(EtcdError::Stopped.into()),
+            Err(_) => Err(EtcdError::Timeout.into()),
+        }
+    }
+
+    /// Asks Raft to hand leadership to `to` (effective only on the leader).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), RequestError> {
+        let permit = self.permit().await?;
+        self.send(Input::TransferLeader {
+            to,
+            _permit: permit,
+        })
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        self.election_timeout
+    }
+
+    /// The Raft progress of every peer, on the leader (match index per member).
+    pub fn progress(&self) -> HashMap<u64, u64> {
+        self.shared.progress.lock().expect("progress lock").clone()
+    }
+
     /// Waits until this member has applied everything committed when the call began,
     /// as confirmed by Raft's ReadIndex: a read after this is linearizable.
     pub async fn read_index(&self) -> Result<(), RequestError> {
+        if self.shared.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner.into());
+        }
         let permit = self.permit().await?;
         let (reply, rx) = oneshot::channel();
         self.send(Input::ReadIndex {
@@ -556,11 +819,25 @@ impl NodeHandle {
     }
 }
 
-fn single_member_conf_state(id: MemberId) -> ConfState {
-    ConfState {
-        voters: vec![id.0],
-        ..Default::default()
+/// Everyone but `local`, with their peer URLs: the members, plus the peers a joining
+/// member learned at start that are neither members (yet) nor removed.
+fn peer_list(
+    m: &Membership,
+    local: MemberId,
+    join_peers: &[(MemberId, Vec<String>)],
+) -> Vec<(MemberId, Vec<String>)> {
+    let mut peers: Vec<(MemberId, Vec<String>)> = m
+        .members
+        .values()
+        .filter(|p| p.id != local)
+        .map(|p| (p.id, p.peer_urls.clone()))
+        .collect();
+    for (id, urls) in join_peers {
+        if *id != local && !m.members.contains_key(id) && !m.removed.contains(id) {
+            peers.push((*id, urls.clone()));
+        }
     }
+    peers
 }
 
 fn wall_clock_nanos() -> u64 {
@@ -577,6 +854,16 @@ fn wall_clock_millis() -> u64 {
 
 type ReadReply = oneshot::Sender<Result<u64, EtcdError>>;
 
+/// A configuration-change entry as a `ConfChangeV2` (None for other entries and for
+/// undecodable ones, which every member skips alike).
+fn decode_conf_change(e: &retcd_raft::Entry) -> Option<ConfChangeV2> {
+    match e.entry_type {
+        EntryType::ConfChange => ConfChange::decode(&e.data).ok().map(ConfChangeV2::from),
+        EntryType::ConfChangeV2 => ConfChangeV2::decode(&e.data).ok(),
+        EntryType::Normal => None,
+    }
+}
+
 struct RaftLoop {
     raw: RawNode<MemStorage>,
     storage: MemStorage,
@@ -586,6 +873,16 @@ struct RaftLoop {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     rx: Receiver<Input>,
+    /// Membership edits of the apply batch in progress.
+    pending_membership: Option<Membership>,
+    /// Peers a joining member knew of at its start (see `JOIN_PEERS_KEY`).
+    join_peers: Vec<(MemberId, Vec<String>)>,
+    /// Whether the lone-voter campaign at start was made.
+    campaigned: bool,
+    /// Take a Raft snapshot at the next chance, whatever `--snapshot-count` says.
+    force_snapshot: bool,
+    transport: Transport,
+    events: Receiver<TransportEvent>,
     /// Proposers waiting for their entry to be applied, by request id.
     waiters: HashMap<u64, oneshot::Sender<ApplyResult>>,
     /// Reads received this turn; they share one ReadIndex request.
@@ -617,6 +914,7 @@ struct RaftLoop {
 impl RaftLoop {
     fn run(mut self) -> Result<(), NodeError> {
         let result = self.turns();
+        self.transport.shutdown();
         // Whatever happened, nobody waits forever: dropping the replies tells every
         // waiter the server stopped.
         self.fail_pending();
@@ -649,10 +947,31 @@ impl RaftLoop {
                     Err(_) => break,
                 }
             }
+            while let Ok(event) = self.events.try_recv() {
+                match event {
+                    TransportEvent::Unreachable(id) => self.raw.report_unreachable(id.0),
+                    TransportEvent::SnapshotDone(id, ok) => self.raw.report_snapshot(
+                        id.0,
+                        if ok {
+                            SnapshotStatus::Finish
+                        } else {
+                            SnapshotStatus::Failure
+                        },
+                    ),
+                }
+            }
             self.flush_read_batch();
             self.tick_if_due();
             while self.raw.has_ready() {
                 self.handle_ready()?;
+            }
+            // A lone voter need not wait an election timeout to learn nobody else leads.
+            if !self.campaigned && self.conf_state.voters == [self.shared.member_id.0] {
+                self.campaigned = true;
+                if self.raw.raft.state != StateRole::Leader {
+                    self.raw.campaign()?;
+                }
+                continue;
             }
             if self.durable_index < self.applied_index
                 && self.last_durable_commit.elapsed() >= BACKEND_BATCH_INTERVAL
@@ -682,6 +1001,24 @@ impl RaftLoop {
                 }
             },
             Input::ReadIndex { reply, .. } => self.read_batch.push(reply),
+            Input::Step { message, .. } => {
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!(error = %e, "raft message ignored");
+                }
+            }
+            Input::ConfChange { cc, reply, .. } => {
+                let id = cc.id;
+                match self.raw.propose_conf_change(&cc) {
+                    Ok(()) => {
+                        self.waiters.insert(id, reply);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "configuration change dropped");
+                        let _ = reply.send(Err(EtcdError::NoLeader));
+                    }
+                }
+            }
+            Input::TransferLeader { to, .. } => self.raw.transfer_leader(to),
             Input::Stop => self.stopping = true,
         }
     }
@@ -725,6 +1062,21 @@ impl RaftLoop {
         for _ in 0..ticks {
             self.raw.tick();
         }
+        if ticks > 0 {
+            // Once a heartbeat: what MemberPromote checks a learner against.
+            let progress: HashMap<u64, u64> = if self.raw.raft.state == StateRole::Leader {
+                self.raw
+                    .raft
+                    .prs
+                    .progress
+                    .iter()
+                    .map(|(id, p)| (*id, p.matched))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
+            *self.shared.progress.lock().expect("progress lock") = progress;
+        }
     }
 
     fn handle_ready(&mut self) -> Result<(), NodeError> {
@@ -735,24 +1087,31 @@ impl RaftLoop {
                 if ss.leader_id != 0 {
                     self.metrics.leader_changes_seen.inc();
                 }
+                // A ReadIndex request sent to the old leader will never be answered;
+                // tell its readers now rather than at their timeout, as etcd does.
+                if old != 0 {
+                    for r in self.reads_in_flight.drain().flat_map(|(_, b)| b) {
+                        let _ = r.send(Err(EtcdError::LeaderChanged));
+                    }
+                }
                 tracing::info!(
                     leader = %MemberId(ss.leader_id),
                     term = self.raw.raft.term,
                     "raft leader changed"
                 );
             }
+            self.shared
+                .role
+                .store(u64::from(ss.role == StateRole::Leader), Ordering::Release);
             self.metrics.has_leader.set(i64::from(ss.leader_id != 0));
             self.metrics
                 .is_leader
                 .set(i64::from(ss.role == StateRole::Leader));
         }
-        if rd.snapshot.is_some() {
-            return Err(NodeError::Invalid(
-                "received a raft snapshot, which a single member cannot install".into(),
-            ));
-        }
-
         // 1. Persist: WAL first, then the core's storage.
+        if let Some(snap) = rd.snapshot.take() {
+            self.install_snapshot(snap, rd.hard_state)?;
+        }
         if !rd.entries.is_empty() || rd.hard_state.is_some() {
             let hs = rd.hard_state.unwrap_or_else(|| self.wal.hard_state());
             if rd.must_sync {
@@ -775,11 +1134,9 @@ impl RaftLoop {
             .term
             .store(self.raw.raft.term, Ordering::Release);
 
-        // 2. Send, now that the above is durable. A single member has no peers.
+        // 2. Send, now that the above is durable.
         let messages = rd.take_messages();
-        if !messages.is_empty() {
-            tracing::debug!(count = messages.len(), "dropping raft messages: no peers");
-        }
+        self.send_messages(messages)?;
 
         // 3. Apply.
         let committed = std::mem::take(&mut rd.committed_entries);
@@ -798,6 +1155,129 @@ impl RaftLoop {
 
         // 5. Advance.
         self.raw.advance();
+        Ok(())
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) -> Result<(), NodeError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let (snaps, rest): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|m| m.msg_type == MessageType::Snapshot);
+        for id in self.transport.send(rest) {
+            self.raw.report_unreachable(id.0);
+        }
+        for m in snaps {
+            self.send_snapshot(m)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a follower that is too far behind the whole backend. The image is written
+    /// here, on the loop, so it is exactly the applied state; the message's snapshot
+    /// metadata is rewritten to that applied index (with its term and configuration),
+    /// which is at or after the snapshot Raft picked, so the follower never installs an
+    /// image older than the log the leader will send after it.
+    fn send_snapshot(&mut self, mut m: Message) -> Result<(), NodeError> {
+        use retcd_backend::ReadTx as _;
+        use retcd_raft::Storage as _;
+        let index = self.applied_index;
+        let term = match self.storage.term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, index, "cannot send a snapshot at the applied index");
+                self.raw.report_snapshot(m.to, SnapshotStatus::Failure);
+                return Ok(());
+            }
+        };
+        let path = self
+            .shared
+            .snap_dir
+            .join(format!("outgoing-{:016x}-{index:016x}.img", m.to));
+        let start = Instant::now();
+        let info = {
+            let file = std::fs::File::create(&path)?;
+            let mut out = std::io::BufWriter::new(file);
+            let tx = self.kv.backend().begin_read()?;
+            let info = tx.write_snapshot(&mut out)?;
+            std::io::Write::flush(&mut out)?;
+            info
+        };
+        if let Some(snap) = m.snapshot.as_mut() {
+            snap.metadata.index = index;
+            snap.metadata.term = term;
+            snap.metadata.conf_state = self.conf_state.clone();
+        }
+        tracing::info!(
+            to = %MemberId(m.to),
+            index,
+            bytes = info.bytes,
+            took_ms = start.elapsed().as_millis() as u64,
+            "sending a snapshot to a member that is behind"
+        );
+        self.transport.send_snapshot(m, path);
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: the WAL marker and snapshot file
+    /// first (so a restart knows of it), then the backend image the transport saved,
+    /// then the core's storage.
+    fn install_snapshot(
+        &mut self,
+        snap: Snapshot,
+        hard_state: Option<retcd_raft::HardState>,
+    ) -> Result<(), NodeError> {
+        let index = snap.metadata.index;
+        let image = snapshot_image_path(&self.shared.snap_dir, index);
+        if !image.exists() {
+            return Err(NodeError::Invalid(format!(
+                "raft accepted a snapshot at {index} but its image {} is missing",
+                image.display()
+            )));
+        }
+        // Nothing applied may stay non-durable under the new image.
+        self.durable_commit()?;
+        // The marker before the hard state: a hard state whose commit index is past the
+        // log's end without the marker would not restart.
+        self.snapshotter.save(&snap)?;
+        self.wal.save_snapshot_marker(&SnapshotMarker {
+            index,
+            term: snap.metadata.term,
+            conf_state: snap.metadata.conf_state.clone(),
+        })?;
+        if let Some(hs) = hard_state {
+            self.wal.save(&hs, &[])?;
+        }
+        install_image(&self.kv, &image)?;
+        let ci = self.kv.consistent_index();
+        self.storage.apply_snapshot(snap.clone())?;
+        self.conf_state = snap.metadata.conf_state.clone();
+        self.snapshot_index = index;
+        self.reload_membership()?;
+        // The image may be ahead of the snapshot's index (the leader's applied state).
+        self.applied_index = self.applied_index.max(ci.index).max(index);
+        self.durable_index = self.applied_index;
+        self.shared
+            .applied_index
+            .store(self.applied_index, Ordering::Release);
+        self.metrics
+            .proposals_applied
+            .set(self.applied_index as i64);
+        tracing::info!(
+            index,
+            term = snap.metadata.term,
+            consistent_index = ci.index,
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn reload_membership(&mut self) -> Result<(), NodeError> {
+        let m = Membership::load(&self.kv.backend().begin_read()?)?;
+        self.transport
+            .set_peers(&peer_list(&m, self.shared.member_id, &self.join_peers));
+        *self.shared.membership.write().expect("membership lock") = m;
         Ok(())
     }
 
@@ -820,6 +1300,13 @@ impl RaftLoop {
         };
         let kv = self.kv.clone();
         let consistent = kv.consistent_index().index;
+        // Replayed configuration changes the backend already holds still go to the Raft
+        // core, whose configuration lives in memory only.
+        for e in entries.iter().filter(|e| e.index <= consistent) {
+            if let Some(cc) = decode_conf_change(e) {
+                self.apply_conf_change_to_raft(&cc);
+            }
+        }
         let todo: Vec<&retcd_raft::Entry> =
             entries.iter().filter(|e| e.index > consistent).collect();
         if todo.is_empty() {
@@ -829,6 +1316,8 @@ impl RaftLoop {
         }
         let mut results: Vec<(u64, ApplyResult)> = Vec::new();
         let mut compacted = false;
+        let mut membership_changed = false;
+        let mut conf_changed = false;
         let mut batch = kv.begin_batch()?;
         for (expected, e) in (consistent + 1..).zip(&todo) {
             // Invariant: entries are applied once each, in log order, without gaps.
@@ -843,7 +1332,11 @@ impl RaftLoop {
                         ))
                     })?;
                     let id = req.header.as_ref().map_or(req.id, |h| h.id);
-                    let result = if let Some(c) = &req.compaction {
+                    let result = if let Some(attrs) = &req.cluster_member_attr_set {
+                        self.apply_member_attrs(batch.backend_tx(), attrs)?;
+                        membership_changed = true;
+                        continue;
+                    } else if let Some(c) = &req.compaction {
                         compacted = true;
                         apply::apply_compaction(&mut batch, c.revision)?
                     } else {
@@ -853,17 +1346,11 @@ impl RaftLoop {
                     results.push((id, result));
                 }
                 EntryType::ConfChange | EntryType::ConfChangeV2 => {
-                    let cc = if e.entry_type == EntryType::ConfChange {
-                        ConfChange::decode(&e.data).map(ConfChangeV2::from)
-                    } else {
-                        ConfChangeV2::decode(&e.data)
-                    };
-                    // An undecodable or invalid change is refused identically everywhere.
-                    if let Ok(cc) = cc
-                        && let Ok(cs) = self.raw.apply_conf_change(&cc)
-                    {
-                        self.conf_state = cs;
+                    if let Some((id, result)) = self.apply_conf_change(batch.backend_tx(), e)? {
+                        results.push((id, result));
                     }
+                    membership_changed = true;
+                    conf_changed = true;
                 }
             }
         }
@@ -873,6 +1360,7 @@ impl RaftLoop {
         })?;
         let n = todo.len() as u64;
         let durable = compacted
+            || conf_changed
             || self.stopping
             || self.last_durable_commit.elapsed() >= BACKEND_BATCH_INTERVAL
             || self.entries_since_durable + n >= BACKEND_BATCH_LIMIT;
@@ -894,12 +1382,151 @@ impl RaftLoop {
             self.entries_since_durable += n;
         }
         self.set_applied(last.index);
+        if membership_changed {
+            let m = self
+                .pending_membership
+                .take()
+                .unwrap_or_else(|| self.shared.membership());
+            self.transport
+                .set_peers(&peer_list(&m, self.shared.member_id, &self.join_peers));
+            *self.shared.membership.write().expect("membership lock") = m;
+        }
+        if conf_changed {
+            // A member added now may need a snapshot that includes it (see
+            // `Storage::snapshot`): take one at the applied index right away.
+            self.force_snapshot = true;
+        }
         // Only now, after the WAL fsync and the apply, do proposers hear back.
         for (id, result) in results {
             if let Some(w) = self.waiters.remove(&id) {
                 let _ = w.send(result);
             }
         }
+        Ok(())
+    }
+
+    /// The membership being changed by the batch in progress (published after commit).
+    fn membership_mut(&mut self) -> &mut Membership {
+        if self.pending_membership.is_none() {
+            self.pending_membership = Some(self.shared.membership());
+        }
+        self.pending_membership.as_mut().expect("just set")
+    }
+
+    fn apply_conf_change_to_raft(&mut self, cc: &ConfChangeV2) -> bool {
+        match self.raw.apply_conf_change(cc) {
+            Ok(cs) => {
+                self.conf_state = cs;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "raft refused a configuration change");
+                false
+            }
+        }
+    }
+
+    /// Applies a configuration-change entry: checked against the membership exactly as
+    /// at proposal time (so every member decides the same), then recorded in the
+    /// backend and handed to the Raft core. A refused change leaves both untouched.
+    fn apply_conf_change(
+        &mut self,
+        tx: &mut retcd_backend::RedbWriteTx,
+        e: &retcd_raft::Entry,
+    ) -> Result<Option<(u64, ApplyResult)>, NodeError> {
+        let Some(cc2) = decode_conf_change(e) else {
+            tracing::warn!(index = e.index, "undecodable configuration change skipped");
+            return Ok(None);
+        };
+        let (id, member) = match ConfChange::decode(&e.data) {
+            Ok(cc) if e.entry_type == EntryType::ConfChange => {
+                (cc.id, Member::decode(&cc.context).ok())
+            }
+            _ => (0, None),
+        };
+        let local = self.shared.member_id;
+        let mut outcome: Result<(), EtcdError> = Ok(());
+        for change in &cc2.changes {
+            let target = MemberId(change.node_id);
+            let m = self.membership_mut();
+            let check = match change.change_type {
+                ConfChangeType::AddNode if m.get(target).is_some_and(|x| x.is_learner) => {
+                    m.check_promote(target)
+                }
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => match &member {
+                    Some(mem) if mem.id == target => m.check_add(mem),
+                    _ => Err(crate::membership::Refusal::NotFound),
+                },
+                ConfChangeType::RemoveNode => m.check_remove(target),
+            };
+            if let Err(r) = check {
+                outcome = Err(r.to_error());
+                break;
+            }
+        }
+        if let Err(err) = outcome {
+            tracing::info!(index = e.index, error = %err, "configuration change refused");
+            return Ok(Some((id, Err(err))));
+        }
+        if !self.apply_conf_change_to_raft(&cc2) {
+            return Ok(Some((id, Err(EtcdError::Corrupt))));
+        }
+        for change in &cc2.changes {
+            let target = MemberId(change.node_id);
+            let m = self.membership_mut().clone();
+            let mut m = m;
+            match change.change_type {
+                ConfChangeType::AddNode if m.get(target).is_some() => {
+                    let mut promoted = m.get(target).expect("checked").clone();
+                    promoted.is_learner = false;
+                    m.put(tx, promoted)?;
+                    tracing::info!(member = %target, "promoted learner to voter");
+                }
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let mut added = member.clone().expect("checked");
+                    added.is_learner = change.change_type == ConfChangeType::AddLearnerNode;
+                    tracing::info!(member = %target, learner = added.is_learner, peer_urls = ?added.peer_urls, "added member");
+                    m.put(tx, added)?;
+                }
+                ConfChangeType::RemoveNode => {
+                    m.remove(tx, target)?;
+                    tracing::info!(member = %target, "removed member");
+                    if target == local {
+                        tracing::warn!(
+                            "the local member has been permanently removed from the cluster; stopping"
+                        );
+                        self.shared.removed.store(true, Ordering::Release);
+                        self.stopping = true;
+                    }
+                }
+            }
+            *self.membership_mut() = m;
+        }
+        let list = self
+            .membership_mut()
+            .members
+            .values()
+            .map(Member::to_api)
+            .collect();
+        Ok(Some((id, Ok(ApplyResponse::Members(list)))))
+    }
+
+    /// A member publishes its name and client URLs (etcd's ClusterMemberAttrSet).
+    fn apply_member_attrs(
+        &mut self,
+        tx: &mut retcd_backend::RedbWriteTx,
+        req: &retcd_api::membershippb::ClusterMemberAttrSetRequest,
+    ) -> Result<(), NodeError> {
+        let id = MemberId(req.member_id);
+        let attrs = req.member_attributes.clone().unwrap_or_default();
+        let m = self.membership_mut();
+        let Some(existing) = m.get(id).cloned() else {
+            return Ok(());
+        };
+        let mut updated = existing;
+        updated.name = attrs.name;
+        updated.client_urls = attrs.client_urls;
+        m.put(tx, updated)?;
         Ok(())
     }
 
@@ -936,7 +1563,11 @@ impl RaftLoop {
     /// After `--snapshot-count` applied entries: a Raft snapshot (metadata only; the
     /// backend is the state), the WAL marker, log compaction, and purging of old files.
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
-        if self.applied_index < self.snapshot_index + self.snapshot_count {
+        if self.applied_index < self.snapshot_index + self.snapshot_count && !self.force_snapshot {
+            return Ok(());
+        }
+        self.force_snapshot = false;
+        if self.applied_index == self.snapshot_index {
             return Ok(());
         }
         // Invariant: a snapshot never claims more than the durable backend holds.

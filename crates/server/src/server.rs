@@ -23,8 +23,13 @@ use crate::config::Config;
 use crate::grpc::{self, ServiceLimits};
 use crate::http::{self, HttpState};
 use crate::ids;
+use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
-use crate::raft_node::{NodeConfig, NodeHandle};
+use crate::peer::service::PeerService;
+use crate::raft_node::{Bootstrap, DataLayout, NodeConfig, NodeHandle};
+use retcd_api::peerpb::MembersRequest;
+use retcd_api::peerpb::peer_client::PeerClient;
+use retcd_api::peerpb::peer_server::PeerServer;
 
 /// How long open connections get to finish after shutdown begins.
 const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,16 +47,36 @@ impl Server {
     /// Recovers or creates the data directory, starts the raft loop and binds every client
     /// URL. Returns once the listeners accept connections.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
-        let members = config.initial_cluster_members()?;
-        let member_ids: Vec<ids::MemberId> = members
+        let initial = config.initial_cluster_members()?;
+        let members: Vec<Member> = initial
             .iter()
-            .map(|(_, urls)| ids::member_id(urls, &config.initial_cluster_token))
+            .map(|(name, urls)| Member {
+                id: ids::member_id(urls, &config.initial_cluster_token),
+                name: name.clone(),
+                peer_urls: urls.clone(),
+                // Every member bootstraps the same records; client URLs arrive through
+                // Raft when each member publishes them.
+                client_urls: Vec::new(),
+                is_learner: false,
+            })
             .collect();
-        let member_id = ids::member_id(
+        let member_ids: Vec<ids::MemberId> = members.iter().map(|m| m.id).collect();
+        let mut member_id = ids::member_id(
             &config.initial_advertise_peer_urls,
             &config.initial_cluster_token,
         );
-        let cluster_id = ids::cluster_id(&member_ids);
+        let mut cluster_id = ids::cluster_id(&member_ids);
+        let layout = DataLayout::new(&config.data_dir());
+        let has_wal = layout.wal_dir.exists();
+        let bootstrap = if config.initial_cluster_state == "existing" && !has_wal {
+            let (cid, membership, id) =
+                fetch_membership(&members, &config.initial_advertise_peer_urls).await?;
+            cluster_id = cid;
+            member_id = id;
+            Bootstrap::Existing { membership }
+        } else {
+            Bootstrap::New { members }
+        };
         let node_cfg = NodeConfig {
             data_dir: config.data_dir(),
             member_id,
@@ -61,6 +86,8 @@ impl Server {
             snapshot_count: config.snapshot_count,
             max_request_bytes: config.max_request_bytes as usize,
             request_timeout: config.request_timeout(),
+            bootstrap,
+            runtime: tokio::runtime::Handle::current(),
         };
         // Bind first, as etcd does: a port in use fails the start before the data
         // directory is touched. Connections wait in the backlog until serving starts.
@@ -71,6 +98,14 @@ impl Server {
                 .await
                 .with_context(|| format!("cannot listen on {}", url.url))?;
             listeners.push((url.url, listener));
+        }
+        let mut peer_listeners = Vec::new();
+        for url in config.peer_listen_urls()? {
+            let addr = resolve(&url.host_port).await?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", url.url))?;
+            peer_listeners.push((url.url, listener));
         }
         let metrics = Arc::new(Metrics::default());
         // Opening the backend and replaying the WAL block: off the reactor.
@@ -107,6 +142,27 @@ impl Server {
                 graceful.clone(),
             )));
         }
+        let peer_router = tonic::service::Routes::new(
+            PeerServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .into_axum_router();
+        for (url, listener) in peer_listeners {
+            let local = listener.local_addr()?;
+            tracing::info!(url = %url, address = %local, "serving peer traffic");
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                peer_router.clone(),
+                stop_rx.clone(),
+                graceful.clone(),
+            )));
+        }
+        tokio::spawn(publish_attributes(
+            node.clone(),
+            config.name.clone(),
+            config.advertise_client_urls.clone(),
+        ));
         tracing::info!(
             name = %config.name,
             member_id = %node.shared().member_id,
@@ -156,11 +212,112 @@ impl Server {
             tracing::warn!("client connections did not close in time; dropping them");
         }
         outcome.context("raft loop failed")?;
-        if node_stopped {
+        if node_stopped && !self.node.shared().was_removed() {
             anyhow::bail!("raft loop stopped unexpectedly");
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often a member retries publishing its attributes or reaching a peer at start.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a member joining an existing cluster tries to reach a peer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// For `--initial-cluster-state existing`: asks the other members of `--initial-cluster`
+/// for the cluster id and membership, and finds this member in it by its peer URLs
+/// (`member add` chose its id), as etcd does.
+async fn fetch_membership(
+    members: &[Member],
+    my_peer_urls: &[String],
+) -> anyhow::Result<(ids::ClusterId, Membership, ids::MemberId)> {
+    let mut mine = my_peer_urls.to_vec();
+    mine.sort();
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut last = String::from("no other member in --initial-cluster");
+    while tokio::time::Instant::now() < deadline {
+        for m in members.iter().filter(|m| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls != mine
+        }) {
+            let channel = match crate::peer::transport::connect(&m.peer_urls).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let mut client = PeerClient::new(channel);
+            match client.members(MembersRequest {}).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let mut membership = Membership::default();
+                    for p in resp.members {
+                        let p = Member::from_proto(p);
+                        membership.members.insert(p.id, p);
+                    }
+                    membership.removed = resp.removed.into_iter().map(ids::MemberId).collect();
+                    let Some(local) = membership
+                        .members
+                        .values()
+                        .find(|p| {
+                            let mut urls = p.peer_urls.clone();
+                            urls.sort();
+                            urls == mine
+                        })
+                        .map(|p| p.id)
+                    else {
+                        anyhow::bail!(
+                            "no member of the cluster has peer URLs {}: add this member with `member add` first",
+                            mine.join(",")
+                        );
+                    };
+                    return Ok((ids::ClusterId(resp.cluster_id), membership, local));
+                }
+                Err(e) => last = format!("{}: {}", m.peer_urls.join(","), e.message()),
+            }
+        }
+        tokio::time::sleep(RETRY_INTERVAL).await;
+    }
+    anyhow::bail!("cannot fetch the cluster membership from any peer: {last}")
+}
+
+/// Publishes this member's name and client URLs through Raft once it has a leader, as
+/// etcd does, so every member lists them; retries until they are applied.
+async fn publish_attributes(node: Arc<NodeHandle>, name: String, client_urls: Vec<String>) {
+    use retcd_api::etcdserverpb::InternalRaftRequest;
+    use retcd_api::membershippb::{Attributes, ClusterMemberAttrSetRequest};
+    let shared = node.shared().clone();
+    loop {
+        if !shared.is_running() {
+            return;
+        }
+        let current = shared.membership().get(shared.member_id).cloned();
+        match current {
+            Some(m) if m.name == name && m.client_urls == client_urls => return,
+            // Not (yet) a member: joining, or removed.
+            None => {}
+            Some(_) if shared.leader() != 0 => {
+                let req = InternalRaftRequest {
+                    cluster_member_attr_set: Some(ClusterMemberAttrSetRequest {
+                        member_id: shared.member_id.0,
+                        member_attributes: Some(Attributes {
+                            name: name.clone(),
+                            client_urls: client_urls.clone(),
+                        }),
+                    }),
+                    ..Default::default()
+                };
+                if let Err(e) = node.propose(req).await {
+                    tracing::debug!(error = ?e, "publishing member attributes failed; will retry");
+                }
+                continue;
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(RETRY_INTERVAL).await;
     }
 }
 
@@ -215,7 +372,10 @@ async fn accept_loop(
         tracing::debug!(%peer, "client connected");
         let svc = TowerToHyperService::new(router.clone());
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .serve_connection_with_upgrades(
+                TokioIo::new(crate::authority::AuthorityFix::new(stream)),
+                svc,
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

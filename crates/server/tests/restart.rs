@@ -221,6 +221,10 @@ async fn backend_without_wal_is_refused() {
         .arg("--data-dir")
         .arg(&data)
         .args(["--listen-client-urls", &url])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", common::free_port()),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -1,22 +1,234 @@
-//! The Cluster service. Not implemented yet (membership arrives with multi-member
-//! clusters).
+//! The Cluster service: list, add (voter or learner), remove, promote and update
+//! members. Changes go through Raft as configuration-change entries whose context is the
+//! member's record; they are checked here for a quick, precise error and again at apply,
+//! where the decision is made identically on every member.
 
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse, cluster_server::Cluster,
+    MemberUpdateRequest, MemberUpdateResponse, cluster_client::ClusterClient,
+    cluster_server::Cluster,
 };
+use retcd_raft::{ConfChange, ConfChangeType};
+use tonic::{Request, Response, Status};
 
-use super::unimplemented_service;
+use crate::apply::ApplyResponse;
+use crate::errors::RequestError;
+use crate::ids::{self, MemberId};
+use crate::membership::Member;
+use crate::raft_node::NodeHandle;
 
-pub struct ClusterService;
+/// etcd allows one learner at a time.
+const MAX_LEARNERS: usize = 1;
+/// A learner may be promoted once its log is within this fraction of the leader's
+/// (etcd's readyPercent).
+const LEARNER_READY_PERCENT: f64 = 0.9;
 
-unimplemented_service! {
-    ClusterService, Cluster;
-    []
-    member_add(MemberAddRequest) -> MemberAddResponse;
-    member_remove(MemberRemoveRequest) -> MemberRemoveResponse;
-    member_update(MemberUpdateRequest) -> MemberUpdateResponse;
-    member_list(MemberListRequest) -> MemberListResponse;
-    member_promote(MemberPromoteRequest) -> MemberPromoteResponse;
+pub struct ClusterService {
+    node: Arc<NodeHandle>,
+}
+
+impl ClusterService {
+    pub fn new(node: Arc<NodeHandle>) -> Self {
+        ClusterService { node }
+    }
+
+    fn members(&self) -> Vec<retcd_api::etcdserverpb::Member> {
+        self.node
+            .shared()
+            .membership()
+            .members
+            .values()
+            .map(Member::to_api)
+            .collect()
+    }
+
+    async fn change(
+        &self,
+        change_type: ConfChangeType,
+        member: &Member,
+    ) -> Result<Vec<retcd_api::etcdserverpb::Member>, RequestError> {
+        let context = Bytes::from(member.encode());
+        let node_id = member.id.0;
+        match self
+            .node
+            .propose_conf_change(|id| ConfChange {
+                id,
+                change_type,
+                node_id,
+                context,
+            })
+            .await?
+        {
+            ApplyResponse::Members(list) => Ok(list),
+            other => Err(RequestError::Internal(format!(
+                "a configuration change answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, RequestError> {
+        let shared = self.node.shared();
+        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| !valid_url(u)) {
+            return Err(EtcdError::MemberBadUrls.into());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // etcd's id for an added member: its peer URLs and the time of the request.
+        let member = Member {
+            id: ids::member_id(&req.peer_ur_ls, &now.to_string()),
+            name: String::new(),
+            peer_urls: req.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let current = shared.membership();
+        current.check_add(&member).map_err(|r| r.to_error())?;
+        if member.is_learner && current.learners() >= MAX_LEARNERS {
+            return Err(EtcdError::TooManyLearners.into());
+        }
+        let kind = if member.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self.change(kind, &member).await?;
+        Ok(MemberAddResponse {
+            header: Some(shared.header(None)),
+            member: Some(member.to_api()),
+            members,
+        })
+    }
+
+    async fn remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, RequestError> {
+        let shared = self.node.shared();
+        let id = MemberId(req.id);
+        let current = shared.membership();
+        current.check_remove(id).map_err(|r| r.to_error())?;
+        let member = current.get(id).cloned().expect("checked");
+        let members = self.change(ConfChangeType::RemoveNode, &member).await?;
+        Ok(MemberRemoveResponse {
+            header: Some(shared.header(None)),
+            members,
+        })
+    }
+
+    async fn promote(
+        &self,
+        req: MemberPromoteRequest,
+    ) -> Result<MemberPromoteResponse, RequestError> {
+        let shared = self.node.shared().clone();
+        let id = MemberId(req.id);
+        let current = shared.membership();
+        current.check_promote(id).map_err(|r| r.to_error())?;
+        if !shared.is_leader() {
+            // Only the leader knows how far the learner is; etcd forwards there too.
+            return self.forward_promote(req).await;
+        }
+        let progress = self.node.progress();
+        let leader_match = progress.get(&shared.member_id.0).copied().unwrap_or(0);
+        let learner_match = progress.get(&id.0).copied().unwrap_or(0);
+        if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
+            return Err(EtcdError::LearnerNotReady.into());
+        }
+        let mut member = current.get(id).cloned().expect("checked");
+        member.is_learner = false;
+        let members = self.change(ConfChangeType::AddNode, &member).await?;
+        Ok(MemberPromoteResponse {
+            header: Some(shared.header(None)),
+            members,
+        })
+    }
+
+    async fn forward_promote(
+        &self,
+        req: MemberPromoteRequest,
+    ) -> Result<MemberPromoteResponse, RequestError> {
+        let shared = self.node.shared();
+        let leader = shared.leader();
+        if leader == 0 {
+            return Err(EtcdError::NoLeader.into());
+        }
+        let urls = shared
+            .membership()
+            .get(MemberId(leader))
+            .map(|m| m.client_urls.clone())
+            .unwrap_or_default();
+        let channel = crate::peer::transport::connect(&urls)
+            .await
+            .map_err(|_| RequestError::from(EtcdError::NoLeader))?;
+        match ClusterClient::new(channel).member_promote(req).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(status) => Err(EtcdError::from_status(&status)
+                .map(RequestError::from)
+                .unwrap_or_else(|| RequestError::Internal(status.message().to_string()))),
+        }
+    }
+}
+
+/// etcd's check of a peer URL: a scheme (http or https) and a host:port.
+fn valid_url(u: &str) -> bool {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+        return false;
+    }
+    let host_port = rest.trim_end_matches('/');
+    match host_port.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Ok(Response::new(self.add(request.into_inner()).await?))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Ok(Response::new(self.remove(request.into_inner()).await?))
+    }
+
+    async fn member_update(
+        &self,
+        _request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(Status::unimplemented(
+            "retcd does not implement member_update yet",
+        ))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        if request.get_ref().linearizable {
+            self.node.read_index().await?;
+        }
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.node.shared().header(None)),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Ok(Response::new(self.promote(request.into_inner()).await?))
+    }
 }

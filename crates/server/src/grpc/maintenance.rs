@@ -15,7 +15,10 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{DEFAULT_QUOTA_BACKEND_BYTES, SERVER_VERSION};
 use crate::errors::RequestError;
+use crate::ids::MemberId;
 use crate::raft_node::NodeHandle;
+use retcd_api::errors::EtcdError;
+use std::time::Duration;
 
 pub struct MaintenanceService {
     node: Arc<NodeHandle>,
@@ -47,13 +50,48 @@ impl MaintenanceService {
             raft_applied_index: shared.applied_index(),
             errors: Vec::new(),
             db_size_in_use: in_use as i64,
-            is_learner: false,
+            is_learner: shared.is_learner(),
             db_size_quota: if self.quota_backend_bytes == 0 {
                 DEFAULT_QUOTA_BACKEND_BYTES
             } else {
                 self.quota_backend_bytes
             } as i64,
             ..Default::default()
+        })
+    }
+
+    /// Hands leadership to a voter, as etcd does: only the leader may, the target must
+    /// be a voting member, and the call returns once the target leads (or times out).
+    async fn move_leader_inner(
+        &self,
+        req: MoveLeaderRequest,
+    ) -> Result<MoveLeaderResponse, RequestError> {
+        let shared = self.node.shared().clone();
+        if !shared.is_leader() {
+            return Err(EtcdError::NotLeader.into());
+        }
+        let target = shared.membership().get(MemberId(req.target_id)).cloned();
+        if target.is_none_or(|m| m.is_learner) {
+            return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        if req.target_id != shared.member_id.0 {
+            let deadline = tokio::time::Instant::now() + self.node.request_timeout();
+            let mut next_ask = tokio::time::Instant::now();
+            while shared.leader() != req.target_id {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(EtcdError::TimeoutLeaderTransfer.into());
+                }
+                // Raft drops a transfer that does not finish within an election
+                // timeout; ask again until the deadline.
+                if tokio::time::Instant::now() >= next_ask {
+                    self.node.transfer_leader(req.target_id).await?;
+                    next_ask = tokio::time::Instant::now() + self.node.election_timeout();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(MoveLeaderResponse {
+            header: Some(shared.header(None)),
         })
     }
 
@@ -126,9 +164,11 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("move-leader"))
+        Ok(Response::new(
+            self.move_leader_inner(req.into_inner()).await?,
+        ))
     }
 
     async fn downgrade(

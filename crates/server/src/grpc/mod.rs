@@ -192,7 +192,10 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
     ))
     .add_service(limited!(WatchServer, watch::WatchService))
     .add_service(limited!(LeaseServer, lease::LeaseService))
-    .add_service(limited!(ClusterServer, cluster::ClusterService))
+    .add_service(limited!(
+        ClusterServer,
+        cluster::ClusterService::new(node.clone())
+    ))
     .add_service(limited!(AuthServer, auth::AuthService))
     .add_service(limited!(LockServer, lock::LockService))
     .add_service(limited!(ElectionServer, election::ElectionService))

@@ -92,6 +92,16 @@ impl Retcd {
                 &url,
             ]);
         }
+        // Tests run in parallel: each member listens for peers on a free port (the
+        // advertised peer URL, and so the member id, stays etcd's default).
+        if env.iter().all(|(k, _)| *k != "ETCD_LISTEN_PEER_URLS")
+            && !extra.iter().any(|a| a.contains("listen-peer-urls"))
+        {
+            cmd.args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", free_port()),
+            ]);
+        }
         cmd.args(extra)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())

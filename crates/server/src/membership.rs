@@ -1,0 +1,219 @@
+//! Cluster membership: who the members are, where they listen, and who was removed.
+//!
+//! The record of truth is the backend's `members` and `members_removed` buckets, written
+//! by apply in the same transaction as the consistent index, so every member holds the
+//! same membership at the same applied index and a snapshot carries it along. Raft's own
+//! configuration (voters, learners) follows the same configuration-change entries; the
+//! entry's context is the member's record (`membershippb::Member`), so applying an entry
+//! needs nothing but the entry.
+//!
+//! [`Membership`] is the in-memory copy the raft loop keeps and publishes: the transport
+//! dials the peer URLs in it, the Cluster service lists it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message as _;
+use retcd_api::etcdserverpb;
+use retcd_api::membershippb;
+use retcd_backend::{Bucket, ReadTx, WriteTx};
+
+use crate::ids::MemberId;
+
+/// One member as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: MemberId,
+    /// Empty until the member has published its attributes (or was bootstrapped with it).
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    /// Empty until the member has published its attributes.
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+impl Member {
+    pub fn to_proto(&self) -> membershippb::Member {
+        membershippb::Member {
+            id: self.id.0,
+            raft_attributes: Some(membershippb::RaftAttributes {
+                peer_urls: self.peer_urls.clone(),
+                is_learner: self.is_learner,
+            }),
+            member_attributes: Some(membershippb::Attributes {
+                name: self.name.clone(),
+                client_urls: self.client_urls.clone(),
+            }),
+        }
+    }
+
+    pub fn from_proto(m: membershippb::Member) -> Member {
+        let raft = m.raft_attributes.unwrap_or_default();
+        let attrs = m.member_attributes.unwrap_or_default();
+        Member {
+            id: MemberId(m.id),
+            name: attrs.name,
+            peer_urls: raft.peer_urls,
+            client_urls: attrs.client_urls,
+            is_learner: raft.is_learner,
+        }
+    }
+
+    /// As the Cluster service lists it.
+    pub fn to_api(&self) -> etcdserverpb::Member {
+        etcdserverpb::Member {
+            id: self.id.0,
+            name: self.name.clone(),
+            peer_ur_ls: self.peer_urls.clone(),
+            client_ur_ls: self.client_urls.clone(),
+            is_learner: self.is_learner,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_proto().encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Member, prost::DecodeError> {
+        membershippb::Member::decode(bytes).map(Member::from_proto)
+    }
+}
+
+fn key(id: MemberId) -> Vec<u8> {
+    format!("{:016x}", id.0).into_bytes()
+}
+
+/// The members and the removed ids, as of some applied index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub members: BTreeMap<MemberId, Member>,
+    pub removed: BTreeSet<MemberId>,
+}
+
+/// Why a membership change is refused (at proposal and again at apply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    IdRemoved,
+    IdExists,
+    PeerUrlExists,
+    NotFound,
+    NotLearner,
+}
+
+impl Membership {
+    pub fn load<T: ReadTx + ?Sized>(tx: &T) -> Result<Membership, retcd_backend::BackendError> {
+        let mut m = Membership::default();
+        let mut bad = None;
+        tx.scan(Bucket::Members, b"", None, &mut |_, v| {
+            match Member::decode(v) {
+                Ok(member) => {
+                    m.members.insert(member.id, member);
+                }
+                Err(e) => bad = Some(e),
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        if let Some(e) = bad {
+            return Err(retcd_backend::BackendError::Corrupted(format!(
+                "a member record does not decode: {e}"
+            )));
+        }
+        tx.scan(Bucket::MembersRemoved, b"", None, &mut |k, _| {
+            if let Some(id) = std::str::from_utf8(k)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+            {
+                m.removed.insert(MemberId(id));
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(m)
+    }
+
+    pub fn get(&self, id: MemberId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    pub fn learners(&self) -> usize {
+        self.members.values().filter(|m| m.is_learner).count()
+    }
+
+    fn peer_url_taken(&self, urls: &[String], except: Option<MemberId>) -> bool {
+        self.members
+            .values()
+            .filter(|m| Some(m.id) != except)
+            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+    }
+
+    /// Checks an addition (voter or learner).
+    pub fn check_add(&self, m: &Member) -> Result<(), Refusal> {
+        if self.removed.contains(&m.id) {
+            return Err(Refusal::IdRemoved);
+        }
+        if self.members.contains_key(&m.id) {
+            return Err(Refusal::IdExists);
+        }
+        if self.peer_url_taken(&m.peer_urls, None) {
+            return Err(Refusal::PeerUrlExists);
+        }
+        Ok(())
+    }
+
+    pub fn check_remove(&self, id: MemberId) -> Result<(), Refusal> {
+        if self.removed.contains(&id) {
+            return Err(Refusal::IdRemoved);
+        }
+        if !self.members.contains_key(&id) {
+            return Err(Refusal::NotFound);
+        }
+        Ok(())
+    }
+
+    pub fn check_promote(&self, id: MemberId) -> Result<(), Refusal> {
+        if self.removed.contains(&id) {
+            return Err(Refusal::IdRemoved);
+        }
+        match self.members.get(&id) {
+            None => Err(Refusal::NotFound),
+            Some(m) if !m.is_learner => Err(Refusal::NotLearner),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Adds or replaces a member, in memory and in `tx`.
+    pub fn put<T: WriteTx + ?Sized>(
+        &mut self,
+        tx: &mut T,
+        m: Member,
+    ) -> Result<(), retcd_backend::BackendError> {
+        tx.put(Bucket::Members, &key(m.id), &m.encode())?;
+        self.members.insert(m.id, m);
+        Ok(())
+    }
+
+    /// Removes a member for good, in memory and in `tx`.
+    pub fn remove<T: WriteTx + ?Sized>(
+        &mut self,
+        tx: &mut T,
+        id: MemberId,
+    ) -> Result<(), retcd_backend::BackendError> {
+        tx.delete(Bucket::Members, &key(id))?;
+        tx.put(Bucket::MembersRemoved, &key(id), b"removed")?;
+        self.members.remove(&id);
+        self.removed.insert(id);
+        Ok(())
+    }
+}
+
+impl Refusal {
+    pub fn to_error(self) -> retcd_api::errors::EtcdError {
+        use retcd_api::errors::EtcdError;
+        match self {
+            // etcd answers a removed id as "member not found".
+            Refusal::IdRemoved => EtcdError::MemberNotFound,
+            Refusal::IdExists => EtcdError::MemberExist,
+            Refusal::PeerUrlExists => EtcdError::PeerUrlExist,
+            Refusal::NotFound => EtcdError::MemberNotFound,
+            Refusal::NotLearner => EtcdError::MemberNotLearner,
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Multi-member behaviour (issue 4): membership changes with etcd's answers, learners,
+//! MoveLeader, catch-up by snapshot, a new member joining a loaded cluster, and a
+//! minority that never answers a write or a linearizable read with success.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use etcd_client::{Client, GetOptions, MemberAddOptions, Txn, TxnOp};
+use retcd_testkit::cluster::{Cluster, ClusterSpec};
+
+fn spec(size: usize) -> ClusterSpec {
+    ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))
+        .size(size)
+        .heartbeat_ms(50)
+        .election_ms(500)
+        .proxied_peers(true)
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn message(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+async fn member_id(client: &mut Client) -> u64 {
+    client.status().await.unwrap().header().unwrap().member_id()
+}
+
+/// Polls `f` every 20 ms until it returns true; fails after `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Goal: MemberList, MemberAdd (learner), MemberPromote, MoveLeader and MemberRemove
+// behave as etcd's, errors included, and a learner serves only serializable reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_answer_as_etcd() {
+    let mut cluster = blocking(|| Cluster::start(spec(3))).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let mut c = cluster.client(leader).await.unwrap();
+    c.put("k", "v", None).await.unwrap();
+
+    // Every member lists the three, with the names and client URLs they published.
+    eventually(
+        "members publish their client URLs",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move {
+                let list = c.member_list().await.unwrap();
+                list.members().len() == 3
+                    && list.members().iter().all(|m| !m.client_urls().is_empty())
+            }
+        },
+    )
+    .await;
+    let list = c.member_list().await.unwrap();
+    let mut names: Vec<&str> = list.members().iter().map(|m| m.name()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["m0", "m1", "m2"]);
+
+    // Bad and duplicate peer URLs.
+    let e = c.member_add(["not a url"], None).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: given member URLs are invalid");
+    let e = c.member_add([cluster.peer_url(0)], None).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: Peer URLs already exists");
+
+    // A learner: added, refused promotion while it has not caught up, started.
+    let (peer_url, index) = cluster.add_member("learner").unwrap();
+    let added = c
+        .member_add(
+            [peer_url.clone()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let learner_id = added.member().unwrap().id();
+    assert!(added.member().unwrap().is_learner());
+    assert_eq!(added.member_list().len(), 4);
+    let e = c
+        .member_add(
+            ["http://127.0.0.1:1"],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        message(e),
+        "etcdserver: too many learner members in cluster"
+    );
+    let e = c.member_promote(learner_id).await.unwrap_err();
+    assert_eq!(
+        message(e),
+        "etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let initial = format!(
+        "{},learner={peer_url}",
+        cluster.initial_cluster_of(&[0, 1, 2])
+    );
+    blocking(|| cluster.start_added(index, &initial)).unwrap();
+    // A learner's /health is false, as etcd's (its linearizable read check is refused):
+    // wait for its serializable reads instead.
+    let url = cluster.client_url(index);
+    eventually("the learner replicates", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let Ok(mut l) = Client::connect([url], None).await else {
+                return false;
+            };
+            l.get("k", Some(GetOptions::new().with_serializable()))
+                .await
+                .is_ok_and(|r| r.kvs().first().is_some_and(|kv| kv.value() == b"v"))
+        }
+    })
+    .await;
+    let mut learner = cluster.client(index).await.unwrap();
+    eventually(
+        "the learner knows it is one",
+        Duration::from_secs(10),
+        || {
+            let mut l = learner.clone();
+            async move { l.status().await.is_ok_and(|s| s.is_learner()) }
+        },
+    )
+    .await;
+    let e = learner.put("k", "w", None).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: rpc not supported for learner");
+    let e = learner.get("k", None).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: rpc not supported for learner");
+
+    // Promotion, through a follower (forwarded to the leader), then it is a voter.
+    let follower = (leader + 1) % 3;
+    let mut f = cluster.client(follower).await.unwrap();
+    eventually(
+        "the learner can be promoted",
+        Duration::from_secs(10),
+        || {
+            let mut f = f.clone();
+            async move { f.member_promote(learner_id).await.is_ok() }
+        },
+    )
+    .await;
+    let e = c.member_promote(learner_id).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: can only promote a learner member");
+    eventually(
+        "the promoted member knows it votes",
+        Duration::from_secs(10),
+        || {
+            let mut l = learner.clone();
+            async move { l.status().await.is_ok_and(|s| !s.is_learner()) }
+        },
+    )
+    .await;
+    learner.put("k", "from-new-voter", None).await.unwrap();
+
+    // MoveLeader: only on the leader, only to a voter.
+    let e = f.move_leader(learner_id).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: not leader");
+    let e = c.move_leader(12345).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: bad leader transferee");
+    c.move_leader(learner_id).await.unwrap();
+    let status = learner.status().await.unwrap();
+    assert_eq!(status.leader(), learner_id);
+
+    // Removal: the removed member stops; a second removal finds nobody.
+    learner.member_remove(learner_id).await.ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.is_running(index) {
+        assert!(Instant::now() < deadline, "the removed member did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = cluster
+        .client(cluster.leader(Duration::from_secs(10)).await.unwrap())
+        .await
+        .unwrap();
+    let e = c.member_remove(learner_id).await.unwrap_err();
+    assert_eq!(message(e), "etcdserver: member not found");
+    let list = c.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 3);
+    let r = c.get("k", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"from-new-voter");
+}
+
+/// Writes `n` keys `prefix{i}` in txns of 100 puts from 8 concurrent clients.
+async fn load(cluster: &Cluster, member: usize, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut kv = cluster.client(member).await?.kv_client();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut i = t * 100;
+            while i < n {
+                let ops: Vec<TxnOp> = (i..(i + 100).min(n))
+                    .map(|k| TxnOp::put(format!("{prefix}{k:07}"), format!("value-{k}"), None))
+                    .collect();
+                kv.txn(Txn::new().and_then(ops)).await?;
+                i += 800;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn count_serializable(client: &mut Client, prefix: &str) -> anyhow::Result<(i64, i64)> {
+    let r = client
+        .get(
+            prefix,
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_serializable(),
+            ),
+        )
+        .await?;
+    Ok((r.count(), r.header().context("header")?.revision()))
+}
+
+// Goal: a member that was down while the others wrote past their in-memory log catches
+// up by a snapshot of the backend, and answers serializable reads like the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_member_catches_up_by_snapshot() {
+    let cluster = blocking(|| Cluster::start(spec(3).snapshot_count(500))).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    blocking(|| cluster.kill(follower)).unwrap();
+    // 7,000 entries: past the 5,000 the leader keeps behind its snapshot.
+    let mut c = cluster.client(leader).await.unwrap();
+    for i in 0..7_000 {
+        if i % 1000 == 0 {
+            // Some keys in txns, most as single puts so the log grows.
+            load(&cluster, leader, &format!("bulk{i}/"), 1_000)
+                .await
+                .unwrap();
+        }
+        c.put(format!("single/{i:05}"), "x", None).await.unwrap();
+    }
+    blocking(|| cluster.restart(follower)).unwrap();
+    blocking(|| cluster.wait_healthy(follower)).unwrap();
+    let mut f = cluster.client(follower).await.unwrap();
+    let want = count_serializable(&mut c, "").await.unwrap();
+    eventually("the follower catches up", Duration::from_secs(20), || {
+        let mut f = f.clone();
+        async move { count_serializable(&mut f, "").await.ok() == Some(want) }
+    })
+    .await;
+    assert!(
+        cluster
+            .log(follower)
+            .contains("installed a snapshot from the leader"),
+        "the follower caught up without a snapshot:\n{}",
+        cluster.log(follower)
+    );
+    let hashes = (
+        c.hash_kv(want.1).await.unwrap().hash(),
+        f.hash_kv(want.1).await.unwrap().hash(),
+    );
+    assert_eq!(hashes.0, hashes.1);
+    let _ = member_id(&mut f).await;
+}
+
+// Goal: a member added to a cluster holding 100,000 keys catches up and its serializable
+// reads match the leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_member_catches_up_with_100k_keys() {
+    let mut cluster = blocking(|| Cluster::start(spec(3).snapshot_count(2_000))).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    load(&cluster, leader, "big/", 100_000).await.unwrap();
+    let mut c = cluster.client(leader).await.unwrap();
+    let (peer_url, index) = cluster.add_member("new").unwrap();
+    c.member_add([peer_url.clone()], None).await.unwrap();
+    let initial = format!("{},new={peer_url}", cluster.initial_cluster_of(&[0, 1, 2]));
+    blocking(|| cluster.start_added(index, &initial)).unwrap();
+    blocking(|| cluster.wait_healthy(index)).unwrap();
+    let mut n = cluster.client(index).await.unwrap();
+    let want = count_serializable(&mut c, "big/").await.unwrap();
+    assert_eq!(want.0, 100_000);
+    eventually("the new member catches up", Duration::from_secs(30), || {
+        let mut n = n.clone();
+        async move { count_serializable(&mut n, "big/").await.ok() == Some(want) }
+    })
+    .await;
+    for k in [0, 1, 49_999, 99_999] {
+        let key = format!("big/{k:07}");
+        let r = n
+            .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        assert_eq!(r.kvs()[0].value(), format!("value-{k}").as_bytes(), "{key}");
+    }
+}
+
+// Goal: a member cut off from the majority (a follower, then an old leader) never
+// answers a write or a linearizable read with success, while the majority does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_never_answers_success() {
+    let cluster = blocking(|| Cluster::start(spec(3))).unwrap();
+    for victim_is_leader in [false, true] {
+        let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+        let victim = if victim_is_leader {
+            leader
+        } else {
+            (leader + 1) % 3
+        };
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_millis(1500));
+        let mut m = Client::connect([cluster.client_url(victim)], Some(options))
+            .await
+            .unwrap();
+        blocking(|| cluster.isolate(victim)).unwrap();
+        let majority = (victim + 1) % 3;
+        let mut ok = cluster.client(majority).await.unwrap();
+        for i in 0..10 {
+            let key = format!("minority/{victim_is_leader}/{i}");
+            assert!(
+                m.put(key.as_str(), "x", None).await.is_err(),
+                "the minority acknowledged a write"
+            );
+            assert!(
+                m.get(key.as_str(), None).await.is_err(),
+                "the minority answered a linearizable read"
+            );
+        }
+        // The majority elects a leader if it lost one and takes writes.
+        eventually("the majority takes writes", Duration::from_secs(10), || {
+            let mut ok = ok.clone();
+            async move { ok.put("majority", "x", None).await.is_ok() }
+        })
+        .await;
+        ok.put("majority", "y", None).await.unwrap();
+        blocking(|| cluster.heal()).unwrap();
+        eventually(
+            "the healed member reads the majority's write",
+            Duration::from_secs(10),
+            || {
+                let mut m = m.clone();
+                async move {
+                    m.get("majority", None)
+                        .await
+                        .is_ok_and(|r| r.kvs().first().is_some_and(|kv| kv.value() == b"y"))
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,403 @@
+//! Seeded fault runs against a three-member retcd cluster (issue 4, acceptance 2).
+//!
+//! Each run starts a fresh cluster with a fault-injecting proxy on every peer link, puts a
+//! recorded load on it (six clients, one member each, put/get/delete/compare-and-set on
+//! four keys), injects one fault chosen by the seed, heals it, and then checks:
+//! - the cluster takes a write within 10 s of the healing;
+//! - the recorded history, ending with a linearizable read of every key on every member,
+//!   is linearizable (so no acknowledged write is lost and no stale value is read);
+//! - every member reports the same HashKV at the same revision.
+//!
+//! Faults: leader SIGKILL (restarted at heal), follower SIGKILL and restart, leader
+//! SIGSTOP longer than the election timeout, a partition isolating the leader, delay and
+//! loss on every peer link, and a member added and removed under load.
+//!
+//! `RETCD_FAULT_RUNS` (default 24) runs with consecutive seeds from `RETCD_FAULT_SEED`
+//! (default: from the clock); the fault is `seed % 6`, so a failing seed replays alone with
+//! `RETCD_FAULT_SEED=<seed> RETCD_FAULT_RUNS=1`. Histories of failed runs are written
+//! next to the test binary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use retcd_raft::rand::SplitMix64;
+use retcd_testkit::cluster::{Cluster, ClusterSpec};
+use retcd_testkit::history::Recorder;
+use retcd_testkit::linearizability::{self, Budget, State};
+
+const MEMBERS: usize = 3;
+const CLIENTS: usize = 6;
+const KEYS: u64 = 4;
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MS: u64 = 500;
+/// The cluster must take a write again within this long after a fault heals.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    LeaderKill,
+    FollowerKillRestart,
+    LeaderPause,
+    LeaderIsolation,
+    DelayAndLoss,
+    MemberAddRemove,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::LeaderKill,
+    Fault::FollowerKillRestart,
+    Fault::LeaderPause,
+    Fault::LeaderIsolation,
+    Fault::DelayAndLoss,
+    Fault::MemberAddRemove,
+];
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|s| {
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={s:?} is not a number"))
+    })
+}
+
+/// Blocking testkit calls inside the async test.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_runs_stay_linearizable() {
+    let runs = env_u64("RETCD_FAULT_RUNS").unwrap_or(24);
+    let first = env_u64("RETCD_FAULT_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64
+            % 1_000_000_000
+    });
+    eprintln!("fault runs: {runs} from seed {first}");
+    let mut summary = Vec::new();
+    for seed in first..first + runs {
+        let fault = FAULTS[(seed % FAULTS.len() as u64) as usize];
+        let started = Instant::now();
+        match run(seed, fault).await {
+            Ok(report) => {
+                eprintln!(
+                    "seed {seed} {fault:?}: ok in {:.1} s ({report})",
+                    started.elapsed().as_secs_f64()
+                );
+                summary.push(report);
+            }
+            Err(e) => panic!(
+                "seed {seed} {fault:?} failed: {e:#}\nreplay: RETCD_FAULT_SEED={seed} RETCD_FAULT_RUNS=1 cargo test -p retcd-server --release --test cluster_faults"
+            ),
+        }
+    }
+}
+
+/// Where a failed run's history goes.
+fn history_path(seed: u64) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.with_file_name(format!("cluster-faults-{seed}.history"))
+}
+
+async fn run(seed: u64, fault: Fault) -> anyhow::Result<String> {
+    let mut rng = SplitMix64::new(seed);
+    let spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))
+        .size(MEMBERS)
+        .heartbeat_ms(HEARTBEAT_MS)
+        .election_ms(ELECTION_MS)
+        .proxied_peers(true)
+        .extra_arg("--log-level")
+        .extra_arg("info");
+    let mut cluster = blocking(|| Cluster::start(spec)).context("start the cluster")?;
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let url = cluster.client_url(c % MEMBERS);
+        let recorder = recorder.clone();
+        let stop = stop.clone();
+        let client_seed = rng.next_u64();
+        clients.push(tokio::spawn(async move {
+            client_loop(c, url, recorder, stop, client_seed).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500 + rng.below(500))).await;
+
+    // The fault, held for a seeded while, then healed.
+    let hold = Duration::from_millis(1_000 + rng.below(1_500));
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let follower = (leader + 1 + rng.below(MEMBERS as u64 - 1) as usize) % MEMBERS;
+    let mut removed = None;
+    match fault {
+        Fault::LeaderKill => {
+            blocking(|| cluster.kill(leader))?;
+            tokio::time::sleep(hold).await;
+            blocking(|| cluster.restart(leader))?;
+        }
+        Fault::FollowerKillRestart => {
+            blocking(|| cluster.kill(follower))?;
+            tokio::time::sleep(hold).await;
+            blocking(|| cluster.restart(follower))?;
+        }
+        Fault::LeaderPause => {
+            blocking(|| cluster.stop(leader))?;
+            tokio::time::sleep(hold.max(Duration::from_millis(2 * ELECTION_MS))).await;
+            blocking(|| cluster.cont(leader))?;
+        }
+        Fault::LeaderIsolation => {
+            blocking(|| cluster.isolate(leader))?;
+            tokio::time::sleep(hold.max(Duration::from_millis(2 * ELECTION_MS))).await;
+            blocking(|| cluster.heal())?;
+        }
+        Fault::DelayAndLoss => {
+            for from in 0..MEMBERS {
+                for to in (0..MEMBERS).filter(|&t| t != from) {
+                    let (d, j, s) = (
+                        Duration::from_millis(5 + rng.below(20)),
+                        Duration::from_millis(10),
+                        rng.next_u64(),
+                    );
+                    blocking(|| cluster.delay_with_jitter(from, to, d, j, s))?;
+                    let p = 0.005 + rng.below(20) as f64 / 1000.0;
+                    let s = rng.next_u64();
+                    blocking(|| cluster.loss(from, to, p, s))?;
+                }
+            }
+            tokio::time::sleep(hold).await;
+            blocking(|| cluster.heal())?;
+        }
+        Fault::MemberAddRemove => {
+            let index = add_member(&mut cluster).await?;
+            removed = Some(index);
+            let mut client = cluster.client(leader).await?;
+            let id = member_id_of(&mut client, &cluster.peer_url(index)).await?;
+            client
+                .member_remove(id)
+                .await
+                .context("remove the added member")?;
+            // The removed member stops by itself.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cluster.is_running(index) {
+                ensure!(Instant::now() < deadline, "the removed member did not stop");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let healed = Instant::now();
+
+    // Recovery: a write through any member within the limit.
+    let recovery = wait_for_write(&cluster, &recorder, healed).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Release);
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .context("a client did not stop")???;
+    }
+    let members: Vec<usize> = (0..cluster.size())
+        .filter(|&i| Some(i) != removed)
+        .collect();
+    blocking(|| cluster.wait_healthy_all_of(&members, Duration::from_secs(20)))?;
+
+    // Final reads: every key on every member, recorded, so a lost write shows up as a
+    // linearizability violation.
+    for &m in &members {
+        let mut kv = cluster.client(m).await?.kv_client();
+        for k in 0..KEYS {
+            let key = format!("k{k}");
+            let mut tries = 0;
+            while let Err(e) = recorder.get(&mut kv, 100 + m, &key).await {
+                tries += 1;
+                ensure!(tries < 20, "final read of {key} on member {m}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let hashes = hash_kv_all(&cluster, &members).await?;
+
+    let history = recorder.history();
+    let budget = Budget {
+        time_limit: Some(Duration::from_secs(60)),
+        ..Budget::default()
+    };
+    let verdict = linearizability::check(&history, &State::new(), &budget);
+    if !verdict.is_linearizable() {
+        let path = history_path(seed);
+        let _ = history.write_to_file(&path);
+        bail!(
+            "history of {} operations is not shown linearizable: {verdict}\nhistory: {}",
+            history.len(),
+            path.display()
+        );
+    }
+    Ok(format!(
+        "{}, write {} ms after healing, hashkv {hashes:x}",
+        history.summary(),
+        recovery.as_millis()
+    ))
+}
+
+/// One client: a seeded mix of operations against one member until told to stop.
+async fn client_loop(
+    c: usize,
+    url: String,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut rng = SplitMix64::new(seed);
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(3));
+    let mut kv = loop {
+        match etcd_client::Client::connect([url.as_str()], Some(options.clone())).await {
+            Ok(client) => break client.kv_client(),
+            Err(_) if !stop.load(Ordering::Acquire) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        n += 1;
+        let key = format!("k{}", rng.below(KEYS));
+        let value = format!("c{c}-{n}");
+        let outcome = match rng.below(10) {
+            0..=3 => recorder.get(&mut kv, c, &key).await.map(drop),
+            4..=6 => recorder.put(&mut kv, c, &key, &value).await.map(drop),
+            7 => recorder.delete(&mut kv, c, &key).await.map(drop),
+            _ => {
+                let expected = format!("c{}-{}", rng.below(CLIENTS as u64), rng.below(n) + 1);
+                let expected = if rng.chance(1, 4) {
+                    None
+                } else {
+                    Some(expected.as_bytes().to_vec())
+                };
+                recorder
+                    .cas(&mut kv, c, &key, expected.as_deref(), &value)
+                    .await
+                    .map(drop)
+            }
+        };
+        if outcome.is_err() {
+            // Errors are recorded; back off a little so a dead member is not hammered.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Adds a member under load: MemberAdd through the leader, then start it and wait until
+/// it is healthy. Returns its index.
+async fn add_member(cluster: &mut Cluster) -> anyhow::Result<usize> {
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let (peer_url, index) = cluster.add_member("added")?;
+    let mut client = cluster.client(leader).await?;
+    let resp = client
+        .member_add([peer_url.clone()], None)
+        .await
+        .context("member add")?;
+    let mut initial: Vec<String> = Vec::new();
+    for m in resp.member_list() {
+        let name = if m.peer_urls().contains(&peer_url) {
+            cluster.name(index).to_string()
+        } else {
+            m.name().to_string()
+        };
+        for u in m.peer_urls() {
+            initial.push(format!("{name}={u}"));
+        }
+    }
+    let initial = initial.join(",");
+    blocking(|| cluster.start_added(index, &initial))?;
+    blocking(|| cluster.wait_healthy(index))?;
+    Ok(index)
+}
+
+async fn member_id_of(client: &mut etcd_client::Client, peer_url: &str) -> anyhow::Result<u64> {
+    let list = client.member_list().await?;
+    list.members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
+        .map(|m| m.id())
+        .context("the added member is not listed")
+}
+
+/// Puts a probe key through each member in turn until one succeeds; fails past the limit.
+/// The probes are recorded too: every write must be in the history.
+async fn wait_for_write(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    healed: Instant,
+) -> anyhow::Result<Duration> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_millis(1_000));
+    let mut last = String::new();
+    for attempt in 0.. {
+        let elapsed = healed.elapsed();
+        if elapsed > RECOVERY_LIMIT {
+            bail!("no write succeeded within {RECOVERY_LIMIT:?} of healing: {last}");
+        }
+        let m = attempt % cluster.size();
+        if !cluster.is_running(m) {
+            continue;
+        }
+        let url = cluster.client_url(m);
+        match etcd_client::Client::connect([url.as_str()], Some(options.clone())).await {
+            Ok(c) => match recorder
+                .put(&mut c.kv_client(), 99, "probe", format!("p{attempt}"))
+                .await
+            {
+                Ok(_) => return Ok(healed.elapsed()),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unreachable!()
+}
+
+/// HashKV of every member at the same revision (the highest any member reports), retried
+/// until each has applied it.
+async fn hash_kv_all(cluster: &Cluster, members: &[usize]) -> anyhow::Result<u32> {
+    let mut revision = 0;
+    for &m in members {
+        let mut c = cluster.client(m).await?;
+        let r = c
+            .get(
+                "k0",
+                Some(etcd_client::GetOptions::new().with_serializable()),
+            )
+            .await?;
+        revision = revision.max(r.header().map_or(0, |h| h.revision()));
+    }
+    let mut hashes = Vec::new();
+    for &m in members {
+        let mut c = cluster.client(m).await?;
+        let mut tries = 0;
+        let h = loop {
+            match c.hash_kv(revision).await {
+                Ok(h) => break h.hash(),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => bail!("hashkv on member {m}: {e}"),
+            }
+        };
+        hashes.push(h);
+    }
+    ensure!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "HashKV at revision {revision} differs between members: {hashes:x?}"
+    );
+    Ok(hashes[0])
+}
