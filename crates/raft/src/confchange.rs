@@ -102,6 +102,7 @@ impl Changer<'_> {
                 ConfChangeType::AddNode => self.make_voter(cfg, prs, cc.node_id),
                 ConfChangeType::AddLearnerNode => self.make_learner(cfg, prs, cc.node_id),
                 ConfChangeType::RemoveNode => remove(cfg, prs, cc.node_id),
+                ConfChangeType::UpdateNode => {}
             }
         }
         if cfg.voters.incoming.voters.is_empty() {

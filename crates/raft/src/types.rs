@@ -121,6 +121,8 @@ impl Snapshot {
 pub enum ConfChangeType {
     AddNode,
     RemoveNode,
+    /// Changes nothing Raft tracks (etcd uses it to change a member's peer URLs).
+    UpdateNode,
     AddLearnerNode,
 }
 
@@ -129,6 +131,7 @@ impl ConfChangeType {
         match self {
             ConfChangeType::AddNode => 0,
             ConfChangeType::RemoveNode => 1,
+            ConfChangeType::UpdateNode => 2,
             ConfChangeType::AddLearnerNode => 3,
         }
     }
@@ -137,6 +140,7 @@ impl ConfChangeType {
         match code {
             0 => Some(ConfChangeType::AddNode),
             1 => Some(ConfChangeType::RemoveNode),
+            2 => Some(ConfChangeType::UpdateNode),
             3 => Some(ConfChangeType::AddLearnerNode),
             _ => None,
         }

@@ -181,6 +181,18 @@ pub struct Config {
     /// Logger kind; only etcd 3.5's `zap` (structured logs to stderr) is accepted.
     #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
     pub logger: String,
+
+    /// Pre-vote before an election, so a rejoining member cannot disrupt a healthy
+    /// leader (etcd 3.5's default: true).
+    #[arg(
+        long = "pre-vote",
+        env = "ETCD_PRE_VOTE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub pre_vote: bool,
 }
 
 /// A configuration that cannot be served.
@@ -526,6 +538,10 @@ mod tests {
         let mut joining = args.to_vec();
         joining.extend(["--initial-cluster-state", "existing"]);
         assert_eq!(parse(&joining).unwrap().initial_cluster_state, "existing");
+        assert!(c.pre_vote);
+        let mut no_pre_vote = args.to_vec();
+        no_pre_vote.push("--pre-vote=false");
+        assert!(!parse(&no_pre_vote).unwrap().pre_vote);
         let mut wrong_url = args.to_vec();
         wrong_url[3] = "http://127.0.0.1:9";
         assert!(parse(&wrong_url).is_err());

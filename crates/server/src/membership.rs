@@ -179,6 +179,20 @@ impl Membership {
         }
     }
 
+    /// Checks new peer URLs for a member (MemberUpdate).
+    pub fn check_update(&self, id: MemberId, peer_urls: &[String]) -> Result<(), Refusal> {
+        if self.removed.contains(&id) {
+            return Err(Refusal::IdRemoved);
+        }
+        if !self.members.contains_key(&id) {
+            return Err(Refusal::NotFound);
+        }
+        if self.peer_url_taken(peer_urls, Some(id)) {
+            return Err(Refusal::PeerUrlExists);
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a member, in memory and in `tx`.
     pub fn put<T: WriteTx + ?Sized>(
         &mut self,

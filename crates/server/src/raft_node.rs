@@ -189,6 +189,14 @@ impl Shared {
     pub fn membership(&self) -> Membership {
         self.membership.read().expect("membership lock").clone()
     }
+    /// Whether `id` was removed from the cluster (as of the applied index).
+    pub fn member_removed(&self, id: MemberId) -> bool {
+        self.membership
+            .read()
+            .expect("membership lock")
+            .removed
+            .contains(&id)
+    }
     /// Whether this member is a learner (as of the applied index).
     pub fn is_learner(&self) -> bool {
         self.membership
@@ -255,6 +263,7 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
     pub bootstrap: Bootstrap,
+    pub pre_vote: bool,
     /// Where the transport's tasks run.
     pub runtime: tokio::runtime::Handle,
 }
@@ -559,8 +568,10 @@ impl NodeHandle {
         // backend already has but re-applies configuration changes, which live only in
         // memory in the Raft core.
         raft_cfg.applied = snapshot_index;
-        raft_cfg.pre_vote = true;
+        raft_cfg.pre_vote = cfg.pre_vote;
         raft_cfg.check_quorum = true;
+        // etcd's server: 4096 / 8 messages in flight to a follower.
+        raft_cfg.max_inflight_msgs = 512;
         // Jitter seed only; never reaches the state machine.
         raft_cfg.seed = member_id.0 ^ wall_clock_nanos();
         let raw = RawNode::new(&raft_cfg, storage.clone())?;
@@ -950,6 +961,11 @@ impl RaftLoop {
             while let Ok(event) = self.events.try_recv() {
                 match event {
                     TransportEvent::Unreachable(id) => self.raw.report_unreachable(id.0),
+                    TransportEvent::Removed(by) => {
+                        tracing::warn!(peer = %by, "the local member has been permanently removed from the cluster; stopping");
+                        self.shared.removed.store(true, Ordering::Release);
+                        self.stopping = true;
+                    }
                     TransportEvent::SnapshotDone(id, ok) => self.raw.report_snapshot(
                         id.0,
                         if ok {
@@ -1030,10 +1046,11 @@ impl RaftLoop {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         let batch = std::mem::take(&mut self.read_batch);
-        match self
-            .raw
-            .read_index(Bytes::copy_from_slice(&ctx.to_be_bytes()))
-        {
+        // The leader keeps pending reads by context, from every member at once: the
+        // context must be unique in the cluster, not only here (member id + counter).
+        let mut key = self.shared.member_id.0.to_be_bytes().to_vec();
+        key.extend_from_slice(&ctx.to_be_bytes());
+        match self.raw.read_index(Bytes::from(key)) {
             Ok(()) => {
                 self.reads_in_flight.insert(ctx, batch);
             }
@@ -1144,9 +1161,17 @@ impl RaftLoop {
 
         // 4. Reads.
         for rs in std::mem::take(&mut rd.read_states) {
-            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_ref()) else {
+            let (Some(member), Some(ctx)) = (rs.request_ctx.get(..8), rs.request_ctx.get(8..))
+            else {
                 continue;
             };
+            let (Ok(member), Ok(ctx)) = (<[u8; 8]>::try_from(member), <[u8; 8]>::try_from(ctx))
+            else {
+                continue;
+            };
+            if u64::from_be_bytes(member) != self.shared.member_id.0 {
+                continue;
+            }
             if let Some(batch) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
                 self.reads_ready.push((rs.index, batch));
             }
@@ -1458,6 +1483,10 @@ impl RaftLoop {
                     _ => Err(crate::membership::Refusal::NotFound),
                 },
                 ConfChangeType::RemoveNode => m.check_remove(target),
+                ConfChangeType::UpdateNode => match &member {
+                    Some(mem) if mem.id == target => m.check_update(target, &mem.peer_urls),
+                    _ => Err(crate::membership::Refusal::NotFound),
+                },
             };
             if let Err(r) = check {
                 outcome = Err(r.to_error());
@@ -1487,6 +1516,12 @@ impl RaftLoop {
                     added.is_learner = change.change_type == ConfChangeType::AddLearnerNode;
                     tracing::info!(member = %target, learner = added.is_learner, peer_urls = ?added.peer_urls, "added member");
                     m.put(tx, added)?;
+                }
+                ConfChangeType::UpdateNode => {
+                    let mut updated = m.get(target).expect("checked").clone();
+                    updated.peer_urls = member.as_ref().expect("checked").peer_urls.clone();
+                    tracing::info!(member = %target, peer_urls = ?updated.peer_urls, "updated member");
+                    m.put(tx, updated)?;
                 }
                 ConfChangeType::RemoveNode => {
                     m.remove(tx, target)?;

@@ -87,26 +87,13 @@ impl Server {
             max_request_bytes: config.max_request_bytes as usize,
             request_timeout: config.request_timeout(),
             bootstrap,
+            pre_vote: config.pre_vote,
             runtime: tokio::runtime::Handle::current(),
         };
         // Bind first, as etcd does: a port in use fails the start before the data
         // directory is touched. Connections wait in the backlog until serving starts.
-        let mut listeners = Vec::new();
-        for url in config.client_listen_urls()? {
-            let addr = resolve(&url.host_port).await?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {}", url.url))?;
-            listeners.push((url.url, listener));
-        }
-        let mut peer_listeners = Vec::new();
-        for url in config.peer_listen_urls()? {
-            let addr = resolve(&url.host_port).await?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {}", url.url))?;
-            peer_listeners.push((url.url, listener));
-        }
+        let listeners = bind_all(config.client_listen_urls()?).await?;
+        let peer_listeners = bind_all(config.peer_listen_urls()?).await?;
         let metrics = Arc::new(Metrics::default());
         // Opening the backend and replaying the WAL block: off the reactor.
         let node = tokio::task::spawn_blocking(move || NodeHandle::start(node_cfg, metrics))
@@ -324,6 +311,21 @@ async fn publish_attributes(node: Arc<NodeHandle>, name: String, client_urls: Ve
 /// Starts a server for `config` and serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     Server::start(&config).await?.serve_until(shutdown).await
+}
+
+/// Binds every URL, in order; the first failure names its URL.
+async fn bind_all(
+    urls: Vec<crate::config::ListenUrl>,
+) -> anyhow::Result<Vec<(String, TcpListener)>> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let addr = resolve(&url.host_port).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", url.url))?;
+        listeners.push((url.url, listener));
+    }
+    Ok(listeners)
 }
 
 /// Resolves `host:port`; like etcd, a name that resolves to several addresses listens on

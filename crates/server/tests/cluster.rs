@@ -78,6 +78,26 @@ async fn membership_changes_answer_as_etcd() {
     let e = c.member_add([cluster.peer_url(0)], None).await.unwrap_err();
     assert_eq!(message(e), "etcdserver: Peer URLs already exists");
 
+    // MemberUpdate: through Raft (an UpdateNode change), checked like etcd's.
+    let m0 = list
+        .members()
+        .iter()
+        .find(|m| m.name() == "m0")
+        .unwrap()
+        .id();
+    let updated = c.member_update(m0, [cluster.peer_url(0)]).await.unwrap();
+    assert_eq!(updated.members().len(), 3);
+    let e = c
+        .member_update(m0, [cluster.peer_url(1)])
+        .await
+        .unwrap_err();
+    assert_eq!(message(e), "etcdserver: Peer URLs already exists");
+    let e = c
+        .member_update(42, ["http://127.0.0.1:1".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(message(e), "etcdserver: member not found");
+
     // A learner: added, refused promotion while it has not caught up, started.
     let (peer_url, index) = cluster.add_member("learner").unwrap();
     let added = c
@@ -360,5 +380,50 @@ async fn minority_never_answers_success() {
             },
         )
         .await;
+    }
+}
+
+// Goal: a five-member cluster starts from etcd's flags, and every member serves
+// linearizable reads of a write made through any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_start_and_serve() {
+    let cluster = blocking(|| Cluster::start(spec(5).proxied_peers(false))).unwrap();
+    let mut writer = cluster.client(3).await.unwrap();
+    writer.put("five", "members", None).await.unwrap();
+    for i in 0..5 {
+        let mut c = cluster.client(i).await.unwrap();
+        let r = c.get("five", None).await.unwrap();
+        assert_eq!(r.kvs()[0].value(), b"members", "member {i}");
+        assert_eq!(c.member_list().await.unwrap().members().len(), 5);
+    }
+}
+
+// Goal: many linearizable reads at once on every member all succeed. (ReadIndex
+// contexts must be unique in the cluster: when each member numbered its own from 1, the
+// leader confused followers' requests and some reads waited until their timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_on_every_member_succeed() {
+    let cluster = blocking(|| Cluster::start(spec(3).proxied_peers(false))).unwrap();
+    cluster
+        .client(0)
+        .await
+        .unwrap()
+        .put("r", "1", None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..24 {
+        let url = cluster.client_url(t % 3);
+        tasks.push(tokio::spawn(async move {
+            let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(3));
+            let mut c = Client::connect([url], Some(options)).await.unwrap();
+            for _ in 0..50 {
+                let r = c.get("r", None).await.expect("a linearizable read");
+                assert_eq!(r.kvs()[0].value(), b"1");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
     }
 }

@@ -113,6 +113,18 @@ async fn run(seed: u64, fault: Fault) -> anyhow::Result<String> {
         .extra_arg("--log-level")
         .extra_arg("info");
     let mut cluster = blocking(|| Cluster::start(spec)).context("start the cluster")?;
+    match drive(seed, fault, &mut rng, &mut cluster).await {
+        Ok(report) => Ok(report),
+        Err(e) => Err(e.context(format!("member logs:\n{}", cluster.log_tails()))),
+    }
+}
+
+async fn drive(
+    seed: u64,
+    fault: Fault,
+    rng: &mut SplitMix64,
+    cluster: &mut Cluster,
+) -> anyhow::Result<String> {
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -171,7 +183,7 @@ async fn run(seed: u64, fault: Fault) -> anyhow::Result<String> {
             blocking(|| cluster.heal())?;
         }
         Fault::MemberAddRemove => {
-            let index = add_member(&mut cluster).await?;
+            let index = add_member(cluster).await?;
             removed = Some(index);
             let mut client = cluster.client(leader).await?;
             let id = member_id_of(&mut client, &cluster.peer_url(index)).await?;
@@ -190,7 +202,7 @@ async fn run(seed: u64, fault: Fault) -> anyhow::Result<String> {
     let healed = Instant::now();
 
     // Recovery: a write through any member within the limit.
-    let recovery = wait_for_write(&cluster, &recorder, healed).await?;
+    let recovery = wait_for_write(cluster, &recorder, healed).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Release);
     for c in clients {
@@ -217,7 +229,7 @@ async fn run(seed: u64, fault: Fault) -> anyhow::Result<String> {
             }
         }
     }
-    let hashes = hash_kv_all(&cluster, &members).await?;
+    let hashes = hash_kv_all(cluster, &members).await?;
 
     let history = recorder.history();
     let budget = Budget {

@@ -1,6 +1,6 @@
 //! Differential test of etcdctl's cluster commands (issue 4, acceptance 1): the same
 //! session of `member list`, `endpoint status --cluster`, `member add --learner`,
-//! `member promote`, `move-leader` and `member remove` against a three-member etcd
+//! `member promote`, `member update`, `move-leader` and `member remove` against a three-member etcd
 //! 3.4.23 and a three-member retcd must print the same, once what differs by nature is
 //! normalized (ids, ports, sizes, Raft indexes and terms). Needs `etcd` and `etcdctl`;
 //! skips with a printed reason otherwise.
@@ -191,6 +191,11 @@ fn session(binary: std::path::PathBuf, name: &str) -> String {
         std::thread::sleep(Duration::from_millis(100));
     };
     step("member promote", ok, &out);
+    let (ok, out) = etcdctl(
+        &endpoints,
+        &["member", "update", &id, &format!("--peer-urls={peer_url}")],
+    );
+    step("member update", ok, &out);
     // The new member publishes its name and client URL when it has caught up.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (ok, out) = loop {

@@ -870,14 +870,34 @@ fn new_member(
 /// they differ from each other; another process may still take one before the member
 /// binds it, which [`Cluster::start`] survives by starting again.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("bind an ephemeral port")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    // Below Linux's ephemeral range (32768-60999 by default): a port the OS hands out
+    // for port 0 is also what it hands to the next outgoing connection, and the many
+    // client and proxy connections of a fault test took such a port between our check
+    // and the member's bind (seen in a soak run). Ports here are only ours to race for.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) << 20
+        ^ NEXT.fetch_add(1, Ordering::Relaxed)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = retcd_raft::rand::SplitMix64::new(seed);
+    let mut ports = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..10_000 {
+        if ports.len() == n {
+            return Ok(ports);
+        }
+        let port = 20_000 + rng.below(12_000) as u16;
+        if ports.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            ports.push(port);
+            held.push(l);
+        }
+    }
+    bail!("no {n} free ports found in 20000-31999")
 }
 
 /// `kill -<signal> <pid>`.

@@ -119,6 +119,25 @@ impl ClusterService {
         })
     }
 
+    async fn update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse, RequestError> {
+        let shared = self.node.shared();
+        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| !valid_url(u)) {
+            return Err(EtcdError::MemberBadUrls.into());
+        }
+        let id = MemberId(req.id);
+        let current = shared.membership();
+        current
+            .check_update(id, &req.peer_ur_ls)
+            .map_err(|r| r.to_error())?;
+        let mut member = current.get(id).cloned().expect("checked");
+        member.peer_urls = req.peer_ur_ls;
+        let members = self.change(ConfChangeType::UpdateNode, &member).await?;
+        Ok(MemberUpdateResponse {
+            header: Some(shared.header(None)),
+            members,
+        })
+    }
+
     async fn promote(
         &self,
         req: MemberPromoteRequest,
@@ -205,11 +224,9 @@ impl Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _request: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "retcd does not implement member_update yet",
-        ))
+        Ok(Response::new(self.update(request.into_inner()).await?))
     }
 
     async fn member_list(

@@ -44,12 +44,20 @@ impl PeerService {
         let from = MemberId(
             header(FROM_HEADER).ok_or_else(|| Status::invalid_argument("missing retcd-from"))?,
         );
-        if shared.membership().removed.contains(&from) {
+        self.refuse_removed(from)?;
+        Ok(from)
+    }
+
+    /// A removed member is told so, at the start of a call and on every batch of a
+    /// stream that was open when it was removed: it may never apply its own removal,
+    /// and this answer is how it learns to stop.
+    fn refuse_removed(&self, from: MemberId) -> Result<(), Status> {
+        if self.node.shared().member_removed(from) {
             return Err(Status::permission_denied(
                 "the member has been permanently removed from the cluster",
             ));
         }
-        Ok(from)
+        Ok(())
     }
 }
 
@@ -67,6 +75,7 @@ impl Peer for PeerService {
         let local = self.node.shared().member_id;
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
+            self.refuse_removed(from)?;
             for m in batch.messages {
                 let m = decode_message(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 if m.from != from.0 || m.to != local.0 {

@@ -52,6 +52,9 @@ pub enum TransportEvent {
     Unreachable(MemberId),
     /// A snapshot to this peer was delivered (`true`) or not.
     SnapshotDone(MemberId, bool),
+    /// A peer refused us as a member it knows was removed: this member must stop
+    /// (the removal may have been committed without this member ever seeing it).
+    Removed(MemberId),
 }
 
 struct PeerHandle {
@@ -288,8 +291,12 @@ async fn stream_to(t: &mut PeerTask, channel: Channel) -> bool {
             result = &mut call => {
                 match result {
                     Ok(_) => tracing::debug!(peer = %t.peer, "peer closed the stream"),
+                    Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                        tracing::warn!(peer = %t.peer, error = %status.message(), "a peer says this member was removed");
+                        let _ = t.events.send(TransportEvent::Removed(t.peer));
+                    }
                     Err(status) => {
-                        if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::PermissionDenied {
+                        if status.code() == tonic::Code::FailedPrecondition {
                             tracing::error!(peer = %t.peer, error = %status.message(), "peer refused our messages");
                         } else {
                             tracing::debug!(peer = %t.peer, error = %status, "stream to peer failed");
