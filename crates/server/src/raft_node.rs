@@ -962,9 +962,8 @@ impl RaftLoop {
                 match event {
                     TransportEvent::Unreachable(id) => self.raw.report_unreachable(id.0),
                     TransportEvent::Removed(by) => {
-                        tracing::warn!(peer = %by, "the local member has been permanently removed from the cluster; stopping");
-                        self.shared.removed.store(true, Ordering::Release);
-                        self.stopping = true;
+                        tracing::warn!(peer = %by, "a peer refuses this member as removed");
+                        self.stop_as_removed();
                     }
                     TransportEvent::SnapshotDone(id, ok) => self.raw.report_snapshot(
                         id.0,
@@ -1500,10 +1499,14 @@ impl RaftLoop {
         if !self.apply_conf_change_to_raft(&cc2) {
             return Ok(Some((id, Err(EtcdError::Corrupt))));
         }
+        // Edited in place and published once the batch commits.
+        let mut m = self
+            .pending_membership
+            .take()
+            .unwrap_or_else(|| self.shared.membership());
+        let mut removed_self = false;
         for change in &cc2.changes {
             let target = MemberId(change.node_id);
-            let m = self.membership_mut().clone();
-            let mut m = m;
             match change.change_type {
                 ConfChangeType::AddNode if m.get(target).is_some() => {
                     let mut promoted = m.get(target).expect("checked").clone();
@@ -1526,24 +1529,23 @@ impl RaftLoop {
                 ConfChangeType::RemoveNode => {
                     m.remove(tx, target)?;
                     tracing::info!(member = %target, "removed member");
-                    if target == local {
-                        tracing::warn!(
-                            "the local member has been permanently removed from the cluster; stopping"
-                        );
-                        self.shared.removed.store(true, Ordering::Release);
-                        self.stopping = true;
-                    }
+                    removed_self |= target == local;
                 }
             }
-            *self.membership_mut() = m;
         }
-        let list = self
-            .membership_mut()
-            .members
-            .values()
-            .map(Member::to_api)
-            .collect();
+        let list = m.members.values().map(Member::to_api).collect();
+        self.pending_membership = Some(m);
+        if removed_self {
+            self.stop_as_removed();
+        }
         Ok(Some((id, Ok(ApplyResponse::Members(list)))))
+    }
+
+    /// This member is out of the cluster: finish the turn and stop serving.
+    fn stop_as_removed(&mut self) {
+        tracing::warn!("the local member has been permanently removed from the cluster; stopping");
+        self.shared.removed.store(true, Ordering::Release);
+        self.stopping = true;
     }
 
     /// A member publishes its name and client URLs (etcd's ClusterMemberAttrSet).
