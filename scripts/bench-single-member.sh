@@ -17,8 +17,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server on $1 not ready"; exit 1; }
+source scripts/lib.sh
 
 ep=$(free_port); ep2=$(free_port); rp=$(free_port); rp2=$(free_port)
 etcd --name bench --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$ep" \

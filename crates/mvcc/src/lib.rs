@@ -3,7 +3,7 @@
 //! # Purpose
 //! Keeps every version of every key, addressed by revision, so clients can read the past
 //! (`Range` at a revision), watchers can replay history, and a `Txn` takes effect atomically
-//! at one revision. This is etcd's `server/storage/mvcc` in Rust, minus the watch layer.
+//! at one revision. This is etcd's `server/storage/mvcc` in Rust; [`watch`] is its watchable store.
 //!
 //! # Place in the data flow
 //! ```text
@@ -27,6 +27,8 @@
 //! - [`KvStore`], [`ReadView`], [`WriteBatch`], [`TxnWrite`]: the store and its read and write
 //!   handles; [`Event`]: a change, with its previous value, for watchers.
 //! - [`MvccError`]: `Compacted` and `FutureRevision` go to clients; the rest stop the node.
+//! - [`WatchableStore`], [`WatchStream`]: watchers over key ranges fed by `notify` after each
+//!   committed batch, catching up from the backend when behind (see [`watch`]).
 //!
 //! # Invariants
 //! - The current revision starts at 1 and never decreases, across restarts included: a
@@ -47,6 +49,7 @@ mod key_value;
 mod revision;
 mod store;
 mod tree_index;
+pub mod watch;
 mod write;
 
 pub use error::MvccError;
@@ -56,4 +59,5 @@ pub use retcd_backend::ConsistentIndex;
 pub use revision::{REVISION_BYTES, Revision, RevisionKey, TOMBSTONE_REVISION_BYTES};
 pub use store::{KvHash, KvStore, RangeOptions, RangeResult, ReadView};
 pub use tree_index::KeyRange;
+pub use watch::{WatchConfig, WatchOptions, WatchStream, WatchableStore};
 pub use write::{Committed, PutResult, TxnWrite, WriteBatch};

@@ -193,6 +193,62 @@ pub struct Config {
         default_missing_value = "true"
     )]
     pub pre_vote: bool,
+
+    /// Period of the progress notifications sent to watchers that asked for them, as a Go
+    /// duration (`10m0s`, `500ms`); at least 100ms.
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m0s",
+        value_parser = parse_go_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// Experimental flags retcd implements (every other `--experimental-*` is refused).
+const SUPPORTED_EXPERIMENTAL_FLAGS: &[&str] = &["experimental-watch-progress-notify-interval"];
+
+/// Parses a Go `time.Duration` string: a sequence of decimal numbers with units `h`, `m`,
+/// `s`, `ms`, `us`/`µs`, `ns` (`1h30m`, `1.5s`, `100ms`), or `0`. Negative durations are
+/// refused.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("time: invalid duration {s:?}");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("time: missing unit in duration {s:?}"))?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per = match &rest[..unit_len] {
+            "h" => 3_600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" => 1e3,
+            "ns" => 1.0,
+            unit => return Err(format!("time: unknown unit {unit:?} in duration {s:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += value * nanos_per;
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(Duration::from_nanos(total as u64))
 }
 
 /// A configuration that cannot be served.
@@ -236,7 +292,8 @@ impl Config {
             };
             let name = flag.split('=').next().unwrap_or(flag);
             if UNSUPPORTED_FLAGS.contains(&name)
-                || name.starts_with("experimental-")
+                || (name.starts_with("experimental-")
+                    && !SUPPORTED_EXPERIMENTAL_FLAGS.contains(&name))
                 || name.starts_with("peer-")
             {
                 return Err(ConfigError::Unsupported(name.to_string()));

@@ -2,6 +2,7 @@
 //! `/readyz` and `/metrics`, with etcd 3.5's paths, bodies and status codes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -186,6 +187,7 @@ async fn metrics(s: &HttpState) -> Response {
     let sizes = tokio::task::spawn_blocking(move || measure.db_sizes().unwrap_or((0, 0)))
         .await
         .unwrap_or((0, 0));
+    let stats = shared.watch.stats();
     let scrape = ScrapeValues {
         db_total_size_bytes: sizes.0 as i64,
         db_total_size_in_use_bytes: sizes.1 as i64,
@@ -196,6 +198,11 @@ async fn metrics(s: &HttpState) -> Response {
         } as i64,
         current_revision: shared.kv.current_revision(),
         compact_revision: shared.kv.compact_revision(),
+        watch_streams: stats.streams.load(Ordering::Relaxed),
+        watchers: stats.watchers.load(Ordering::Relaxed),
+        slow_watchers: stats.slow_watchers.load(Ordering::Relaxed),
+        watch_events: stats.events_delivered.load(Ordering::Relaxed),
+        watch_outbox_bytes: shared.watch.pending_bytes() as u64,
     };
     (
         StatusCode::OK,

@@ -135,6 +135,11 @@ pub struct ScrapeValues {
     pub quota_backend_bytes: i64,
     pub current_revision: i64,
     pub compact_revision: i64,
+    pub watch_streams: u64,
+    pub watchers: u64,
+    pub slow_watchers: u64,
+    pub watch_events: u64,
+    pub watch_outbox_bytes: u64,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -308,6 +313,41 @@ impl Metrics {
             "gauge",
             "The revision of the last compaction in store.",
             scrape.compact_revision,
+        );
+        sample(
+            o,
+            "etcd_debugging_mvcc_watch_stream_total",
+            "gauge",
+            "Total number of watch streams.",
+            scrape.watch_streams,
+        );
+        sample(
+            o,
+            "etcd_debugging_mvcc_watcher_total",
+            "gauge",
+            "Total number of watchers.",
+            scrape.watchers,
+        );
+        sample(
+            o,
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "gauge",
+            "Total number of unsynced slow watchers.",
+            scrape.slow_watchers,
+        );
+        sample(
+            o,
+            "etcd_debugging_mvcc_events_total",
+            "counter",
+            "Total number of events sent by this member.",
+            scrape.watch_events,
+        );
+        sample(
+            o,
+            "retcd_watch_outbox_bytes",
+            "gauge",
+            "Estimated bytes of watch responses queued for clients, all streams.",
+            scrape.watch_outbox_bytes,
         );
         histogram(
             o,

@@ -52,7 +52,7 @@ use prost::Message as _;
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader, ResponseHeader};
 use retcd_backend::{Backend, ConsistentIndex, RedbBackend, RedbConfig, WriteTx};
-use retcd_mvcc::{KvStore, MvccError};
+use retcd_mvcc::{KvStore, MvccError, WatchConfig, WatchableStore};
 use retcd_raft::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, EntryType, MemStorage, Message,
     MessageType, RawNode, Snapshot, SnapshotStatus, StateRole,
@@ -139,6 +139,8 @@ pub struct Shared {
     pub member_id: MemberId,
     pub cluster_id: ClusterId,
     pub kv: Arc<KvStore<RedbBackend>>,
+    /// Watchers over `kv`, fed by apply.
+    pub watch: Arc<WatchableStore<RedbBackend>>,
     pub metrics: Arc<Metrics>,
     term: AtomicU64,
     leader: AtomicU64,
@@ -584,6 +586,7 @@ impl NodeHandle {
             member_id,
             cluster_id,
             kv: kv.clone(),
+            watch: WatchableStore::new(kv.clone(), WatchConfig::default()),
             metrics: metrics.clone(),
             term: AtomicU64::new(raw.raft.term),
             leader: AtomicU64::new(0),
@@ -642,6 +645,7 @@ impl NodeHandle {
                     tracing::error!(error = %e, "raft loop stopped on a fatal error; the member stops");
                 }
                 shared.running.store(false, Ordering::Release);
+                shared.watch.stop();
                 shared.metrics.has_leader.set(0);
                 shared.metrics.is_leader.set(0);
                 shared.stopped.send_replace(true);
@@ -1274,6 +1278,7 @@ impl RaftLoop {
             self.wal.save(&hs, &[])?;
         }
         install_image(&self.kv, &image)?;
+        self.shared.watch.restored();
         let ci = self.kv.consistent_index();
         self.storage.apply_snapshot(snap.clone())?;
         self.conf_state = snap.metadata.conf_state.clone();
@@ -1394,10 +1399,14 @@ impl RaftLoop {
         }
         batch.backend_tx().set_durable(durable)?;
         let start = Instant::now();
-        batch.commit()?;
+        let committed = batch.commit()?;
         self.metrics
             .backend_commit_duration
             .observe(start.elapsed());
+        // Watchers hear of the batch before its proposers do, as in etcd.
+        self.shared
+            .watch
+            .notify(committed.revision, committed.events);
         if durable {
             self.durable_index = last.index;
             self.last_durable_commit = Instant::now();

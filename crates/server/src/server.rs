@@ -105,6 +105,8 @@ impl Server {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
             quota_backend_bytes: config.quota_backend_bytes,
+            watch_progress_notify_interval: config.watch_progress_notify_interval,
+            election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
         };
         let router = http::add_routes(
             grpc::router(node.clone(), limits),

@@ -6,7 +6,12 @@
 //! - the cluster takes a write within 10 s of the healing;
 //! - the recorded history, ending with a linearizable read of every key on every member,
 //!   is linearizable (so no acknowledged write is lost and no stale value is read);
-//! - every member reports the same HashKV at the same revision.
+//! - every member reports the same HashKV at the same revision;
+//! - watchers on every member (the whole key space from revision 1 with prev_kv, and a
+//!   narrower one with a filter), reconnecting and resuming through the fault, received
+//!   what etcd guarantees (ordered, unique, no gaps, whole revisions, correct prev_kv and
+//!   creates, progress never ahead: `retcd_testkit::watch_checker`) against the full
+//!   history read at the end, and that history holds every acknowledged write.
 //!
 //! Faults: leader SIGKILL (restarted at heal), follower SIGKILL and restart, leader
 //! SIGSTOP longer than the election timeout, a partition isolating the leader, delay and
@@ -25,7 +30,10 @@ use anyhow::{Context, bail, ensure};
 use retcd_raft::rand::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 use retcd_testkit::history::Recorder;
+use retcd_testkit::history::{Input, Outcome, Output};
 use retcd_testkit::linearizability::{self, Budget, State};
+use retcd_testkit::watch_checker::{self, EventKind};
+use retcd_testkit::watch_recorder::{self, Finish, WatchSpec};
 
 const MEMBERS: usize = 3;
 const CLIENTS: usize = 6;
@@ -127,6 +135,8 @@ async fn drive(
 ) -> anyhow::Result<String> {
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let finish = Finish::new();
+    let watchers = start_watchers(cluster, rng, &finish);
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
         let url = cluster.client_url(c % MEMBERS);
@@ -229,7 +239,15 @@ async fn drive(
             }
         }
     }
-    let hashes = hash_kv_all(cluster, &members).await?;
+    let (hashes, final_rev) = hash_kv_all(cluster, &members).await?;
+
+    // Watchers finish once they have seen the final revision.
+    finish.at(final_rev);
+    let mut recorded = Vec::new();
+    for w in watchers {
+        recorded.push(w.await.context("a watcher panicked")?);
+    }
+    let truth = full_history(cluster, members[0], final_rev).await?;
 
     let history = recorder.history();
     let budget = Budget {
@@ -246,10 +264,29 @@ async fn drive(
             path.display()
         );
     }
+    let writes_missing = acknowledged_writes_missing(&history, &truth);
+    ensure!(
+        writes_missing.is_empty(),
+        "acknowledged writes missing from the watched history: {writes_missing:?}"
+    );
+    let report = watch_checker::check(&truth, &recorded);
+    for w in &recorded {
+        let seen = w.sessions.iter().flat_map(|s| &s.responses).any(|r| {
+            matches!(
+                r,
+                watch_checker::Response::Events { .. } | watch_checker::Response::Progress { .. }
+            )
+        });
+        ensure!(seen, "watcher {} never received anything", w.name);
+    }
+    ensure!(report.is_ok(), "watch guarantees violated: {report}");
     Ok(format!(
-        "{}, write {} ms after healing, hashkv {hashes:x}",
+        "{}, write {} ms after healing, hashkv {hashes:x}, watch: {} sessions, {} events, {} progress, 0 violations",
         history.summary(),
-        recovery.as_millis()
+        recovery.as_millis(),
+        report.sessions,
+        report.events,
+        report.progress,
     ))
 }
 
@@ -376,9 +413,141 @@ async fn wait_for_write(
     unreachable!()
 }
 
+/// The recording watchers of a run: per member, one on every key from revision 1 with
+/// prev_kv and progress notifications; and one on k1..k3 without deletes, on a seeded
+/// member.
+fn start_watchers(
+    cluster: &Cluster,
+    rng: &mut SplitMix64,
+    finish: &Finish,
+) -> Vec<tokio::task::JoinHandle<watch_checker::Watcher>> {
+    let mut specs = Vec::new();
+    for m in 0..MEMBERS {
+        specs.push((
+            m,
+            WatchSpec {
+                name: format!("all@{m}"),
+                key: vec![0],
+                range_end: vec![0],
+                start_revision: 1,
+                prev_kv: true,
+                filter_put: false,
+                filter_delete: false,
+                progress_notify: true,
+            },
+        ));
+    }
+    let m = rng.below(MEMBERS as u64) as usize;
+    specs.push((
+        m,
+        WatchSpec {
+            name: format!("k1-k3-nodelete@{m}"),
+            key: b"k1".to_vec(),
+            range_end: b"k3".to_vec(),
+            start_revision: 1,
+            prev_kv: false,
+            filter_put: false,
+            filter_delete: true,
+            progress_notify: false,
+        },
+    ));
+    specs
+        .into_iter()
+        .map(|(m, spec)| {
+            let url = cluster.client_url(m);
+            tokio::spawn(watch_recorder::record(
+                spec,
+                url,
+                finish.clone(),
+                WATCH_LIMIT,
+            ))
+        })
+        .collect()
+}
+
+/// Bound on one watcher's life in a run.
+const WATCH_LIMIT: Duration = Duration::from_secs(90);
+
+/// Every change up to `last`, by a fresh watch from revision 1 on member `m`.
+async fn full_history(
+    cluster: &Cluster,
+    m: usize,
+    last: i64,
+) -> anyhow::Result<Vec<watch_checker::Event>> {
+    let finish = Finish::new();
+    finish.at(last);
+    let spec = WatchSpec {
+        name: "truth".into(),
+        key: vec![0],
+        range_end: vec![0],
+        start_revision: 1,
+        prev_kv: true,
+        filter_put: false,
+        filter_delete: false,
+        progress_notify: false,
+    };
+    let w =
+        watch_recorder::record(spec, cluster.client_url(m), finish, Duration::from_secs(20)).await;
+    let events: Vec<watch_checker::Event> = w
+        .sessions
+        .iter()
+        .flat_map(|s| &s.responses)
+        .filter_map(|r| match r {
+            watch_checker::Response::Events { events, .. } => Some(events.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| e.kv.mod_revision <= last)
+        .collect();
+    ensure!(
+        events.last().is_some_and(|e| e.kv.mod_revision == last),
+        "the full history from member {m} ends at {:?}, not at {last}",
+        events.last().map(|e| e.kv.mod_revision)
+    );
+    let broken = watch_checker::check_truth(&events);
+    ensure!(
+        broken.is_empty(),
+        "the full history is inconsistent: {broken:?}"
+    );
+    Ok(events)
+}
+
+/// Acknowledged writes that changed the store but are not in `truth` at their revision.
+fn acknowledged_writes_missing(
+    history: &retcd_testkit::history::History,
+    truth: &[watch_checker::Event],
+) -> Vec<String> {
+    let mut missing = Vec::new();
+    for op in &history.operations {
+        let Outcome::Ok { output, .. } = &op.outcome else {
+            continue;
+        };
+        if !output.is_effective_write() {
+            continue;
+        }
+        let rev = output.revision();
+        let (kind, value) = match (&op.input, output) {
+            (Input::Put { value, .. }, Output::Put { .. }) => (EventKind::Put, Some(value)),
+            (Input::Cas { new_value, .. }, Output::Cas { .. }) => (EventKind::Put, Some(new_value)),
+            (Input::Delete { .. }, Output::Delete { .. }) => (EventKind::Delete, None),
+            _ => continue,
+        };
+        let found = truth.iter().any(|e| {
+            e.kv.mod_revision == rev
+                && e.kind == kind
+                && e.kv.key == op.input.key()
+                && value.is_none_or(|v| &e.kv.value == v)
+        });
+        if !found {
+            missing.push(format!("{:?} at revision {rev}", op.input));
+        }
+    }
+    missing
+}
+
 /// HashKV of every member at the same revision (the highest any member reports), retried
-/// until each has applied it.
-async fn hash_kv_all(cluster: &Cluster, members: &[usize]) -> anyhow::Result<u32> {
+/// until each has applied it. Returns the hash and that revision.
+async fn hash_kv_all(cluster: &Cluster, members: &[usize]) -> anyhow::Result<(u32, i64)> {
     let mut revision = 0;
     for &m in members {
         let mut c = cluster.client(m).await?;
@@ -411,5 +580,5 @@ async fn hash_kv_all(cluster: &Cluster, members: &[usize]) -> anyhow::Result<u32
         hashes.windows(2).all(|w| w[0] == w[1]),
         "HashKV at revision {revision} differs between members: {hashes:x?}"
     );
-    Ok(hashes[0])
+    Ok((hashes[0], revision))
 }

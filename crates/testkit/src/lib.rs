@@ -7,8 +7,13 @@
 //! - [`proxy`]: TCP proxy with blackhole, delay and loss, per source member.
 //! - [`history`]: operations with call and return times, as a recording client logs them.
 //! - [`linearizability`]: a Wing-Gong style checker for key-value histories.
+//! - [`watch_checker`]: checks recorded watch streams against etcd's watch guarantees.
+//! - [`watch_recorder`]: watch clients that record every response and resume like a
+//!   careful client, for the checker.
 
 pub mod cluster;
 pub mod history;
 pub mod linearizability;
 pub mod proxy;
+pub mod watch_checker;
+pub mod watch_recorder;

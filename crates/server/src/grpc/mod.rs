@@ -1,7 +1,7 @@
 //! The gRPC services, one file per service (as etcd's `v3rpc`), and the router that
 //! serves them all.
 //!
-//! KV and Maintenance are implemented; Watch, Lease, Cluster, Auth, Lock and Election
+//! KV, Watch, Cluster and Maintenance are implemented; Lease, Auth, Lock and Election
 //! answer `Unimplemented` until their issues land, so clients get a clear error instead
 //! of a hang. Every service accepts requests up to `--max-request-bytes` plus 512 KiB of
 //! gRPC decoding (larger ones fail with `ResourceExhausted` before any handler runs);
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use retcd_api::health::health_server::HealthServer;
 use retcd_api::v3electionpb::election_server::ElectionServer;
@@ -42,6 +42,10 @@ pub struct ServiceLimits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: std::time::Duration,
+    /// `--election-timeout`, for watch streams that require a leader.
+    pub election_timeout: std::time::Duration,
 }
 
 /// Refuses a request that asked for a leader (`hasleader=true` metadata, set by Go
@@ -190,7 +194,16 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
         MaintenanceServer,
         maintenance::MaintenanceService::new(node.clone(), limits.quota_backend_bytes)
     ))
-    .add_service(limited!(WatchServer, watch::WatchService))
+    .add_service(watch::WatchRoute::new(
+        watch::WatchService::new(
+            node.clone(),
+            limits.watch_progress_notify_interval,
+            // etcd fragments above the request limit plus gRPC's overhead.
+            limits.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            limits.election_timeout,
+        ),
+        max_decoding,
+    ))
     .add_service(limited!(LeaseServer, lease::LeaseService))
     .add_service(limited!(
         ClusterServer,

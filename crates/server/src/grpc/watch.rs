@@ -1,16 +1,804 @@
-//! The Watch service. Not implemented yet (watchers arrive with the watchable store).
+//! The Watch service: one bidirectional stream carries many watchers (etcd's
+//! `v3rpc/watch.go`).
+//!
+//! Each call opens a [`WatchStream`] on the member's watchable store (followers serve
+//! watches from their own applied state). A receive task turns requests into creates,
+//! cancels and progress requests; it reads the next request only while the stream's
+//! outbox has room, so a client that sends but does not read is held back by HTTP/2 flow
+//! control instead of growing the queue. The response side drains the outbox in order
+//! and turns each entry into one `WatchResponse`, or several when the watcher asked for
+//! `fragment` and the response is larger than `--max-request-bytes` plus 512 KiB (etcd's
+//! limit with gRPC overhead).
+//!
+//! Responses are encoded by hand ([`EncodedWatchResponse`]): the fields before `events`
+//! per response, and each event once per change (cached on the shared event), however
+//! many watchers receive it. The bytes are what prost would write for the same
+//! `WatchResponse`; a test decodes them back with prost to check.
+//!
+//! A stream opened with `hasleader=true` (Go clients' `WithRequireLeader`, which etcdctl
+//! uses for watch) is refused without a leader, and ended with "no leader" once this
+//! member has had none for three election timeouts, as etcd's stream interceptor does.
 
-use retcd_api::etcdserverpb::{WatchRequest, WatchResponse, watch_server::Watch};
-use tonic::codegen::BoxStream;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use super::unimplemented_service;
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use prost::encoding::{DecodeContext, WireType};
+use retcd_api::errors::EtcdError;
+use retcd_api::etcdserverpb::watch_request::RequestUnion;
+use retcd_api::etcdserverpb::{
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request,
+};
+use retcd_api::mvccpb;
+use retcd_backend::RedbBackend;
+use retcd_mvcc::watch::{EventList, Out};
+use retcd_mvcc::{Event, EventKind, WatchOptions, WatchStream};
+use tokio::sync::{Notify, oneshot};
+use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status, Streaming};
 
-pub struct WatchService;
+use crate::errors::RequestError;
+use crate::grpc::require_leader;
+use crate::raft_node::{NodeHandle, Shared};
 
-unimplemented_service! {
-    WatchService, Watch;
-    [
-    type WatchStream = BoxStream<WatchResponse>;
-    ]
-    watch(tonic::Streaming<WatchRequest>) -> Self::WatchStream;
+/// Responses taken from the outbox at once; within them, a watcher's consecutive event
+/// responses are merged (see [`coalesce`]).
+const SEND_BATCH: usize = 256;
+/// Merged responses stop growing at this many events.
+const MERGE_MAX_EVENTS: usize = 512;
+
+/// etcd's `minWatchProgressInterval`.
+const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// etcd's default progress notify interval.
+const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+
+pub struct WatchService {
+    node: Arc<NodeHandle>,
+    progress_interval: Duration,
+    /// Responses above this are fragmented for watchers that asked
+    /// (`--max-request-bytes` plus gRPC's overhead, as etcd).
+    fragment_bytes: usize,
+    /// A `hasleader` stream ends after this long without a leader.
+    no_leader_grace: Duration,
+}
+
+impl WatchService {
+    pub fn new(
+        node: Arc<NodeHandle>,
+        progress_interval: Duration,
+        fragment_bytes: usize,
+        election_timeout: Duration,
+    ) -> Self {
+        let progress_interval = if progress_interval.is_zero() {
+            DEFAULT_PROGRESS_INTERVAL
+        } else {
+            progress_interval.max(MIN_PROGRESS_INTERVAL)
+        };
+        WatchService {
+            node,
+            progress_interval,
+            fragment_bytes,
+            no_leader_grace: 3 * election_timeout,
+        }
+    }
+}
+
+/// What the receive task and the response stream share.
+struct StreamShared {
+    stream: WatchStream<RedbBackend>,
+    /// Signalled when a response is queued or the stream ends.
+    data: Arc<Notify>,
+    /// Why the stream ended, if the server ended it.
+    ended: Mutex<Option<Status>>,
+    ended_flag: std::sync::atomic::AtomicBool,
+}
+
+impl StreamShared {
+    fn end(&self, status: Option<Status>) {
+        *self.ended.lock().expect("watch stream end lock") = status;
+        self.ended_flag
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.data.notify_one();
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended_flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl WatchService {
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<BoxStream<EncodedWatchResponse>>, Status> {
+        require_leader(&req, &self.node).map_err(Status::from)?;
+        let wants_leader = req
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let inbound = req.into_inner();
+        let shared = self.node.shared().clone();
+        let data = Arc::new(Notify::new());
+        let room = Arc::new(Notify::new());
+        let stream = shared.watch.open_stream(
+            Box::new({
+                let data = data.clone();
+                move || data.notify_one()
+            }),
+            Box::new({
+                let room = room.clone();
+                move || room.notify_one()
+            }),
+        );
+        let ss = Arc::new(StreamShared {
+            stream,
+            data,
+            ended: Mutex::new(None),
+            ended_flag: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        let leader_grace = wants_leader.then_some(self.no_leader_grace);
+        tokio::spawn(receive(
+            ss.clone(),
+            inbound,
+            room,
+            closed_rx,
+            self.progress_interval,
+            leader_grace,
+            shared.clone(),
+        ));
+        let sender = Sender {
+            ss,
+            shared,
+            pending: VecDeque::new(),
+            fragment_bytes: self.fragment_bytes,
+            _closed: closed_tx,
+        };
+        let out = futures_util::stream::unfold(sender, |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// gRPC path of the one Watch method.
+const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
+
+/// The Watch service as a route: what tonic generates for a service, with the response
+/// type swapped for [`EncodedWatchResponse`].
+#[derive(Clone)]
+pub struct WatchRoute {
+    svc: Arc<WatchService>,
+    max_decoding_message_size: usize,
+}
+
+impl WatchRoute {
+    pub fn new(svc: WatchService, max_decoding_message_size: usize) -> Self {
+        WatchRoute {
+            svc: Arc::new(svc),
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl NamedService for WatchRoute {
+    const NAME: &'static str = "etcdserverpb.Watch";
+}
+
+impl<B> tower::Service<http::Request<B>> for WatchRoute
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != WATCH_PATH {
+            return Box::pin(async {
+                Ok(Status::unimplemented("unknown Watch method").into_http())
+            });
+        }
+        let method = WatchMethod(self.svc.clone());
+        let max_decoding = self.max_decoding_message_size;
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<EncodedWatchResponse, WatchRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_max_message_size_config(Some(max_decoding), Some(usize::MAX));
+            Ok(grpc.streaming(method, req).await)
+        })
+    }
+}
+
+struct WatchMethod(Arc<WatchService>);
+
+impl tonic::server::StreamingService<WatchRequest> for WatchMethod {
+    type Response = EncodedWatchResponse;
+    type ResponseStream = BoxStream<EncodedWatchResponse>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<WatchRequest>>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move { svc.watch(request).await })
+    }
+}
+
+/// A `WatchResponse` ready for the wire: every field but `events`, encoded, then the
+/// events `range` of a shared list, each from its cached encoding.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedWatchResponse {
+    head: Vec<u8>,
+    events: Option<EventList>,
+    range: Range<usize>,
+    prev_kv: bool,
+}
+
+/// `events` is field 11 of `WatchResponse`.
+const EVENTS_FIELD: u32 = 11;
+
+fn encode_event(e: &Event, prev_kv: bool) -> Vec<u8> {
+    event_to_pb(e, prev_kv).encode_to_vec()
+}
+
+/// Bytes of one event as an element of field 11: key, length, body.
+fn event_field_len(body_len: usize) -> usize {
+    prost::encoding::key_len(EVENTS_FIELD)
+        + prost::encoding::encoded_len_varint(body_len as u64)
+        + body_len
+}
+
+impl EncodedWatchResponse {
+    fn control(resp: &WatchResponse) -> Self {
+        EncodedWatchResponse {
+            head: resp.encode_to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn bodies(&self) -> impl Iterator<Item = &[u8]> {
+        let prev_kv = self.prev_kv;
+        self.events
+            .iter()
+            .flat_map(move |list| list[self.range.clone()].iter())
+            .map(move |e| e.encoded(prev_kv, encode_event))
+    }
+}
+
+impl Message for EncodedWatchResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.head);
+        for body in self.bodies() {
+            prost::encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(body.len() as u64, buf);
+            buf.put_slice(body);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent; decoding skips everything.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.head.len()
+            + self
+                .bodies()
+                .map(|b| event_field_len(b.len()))
+                .sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        *self = EncodedWatchResponse::default();
+    }
+}
+
+/// Reads requests until the client goes away or the response stream is dropped; ticks
+/// progress notifications and watches for a lost leader.
+async fn receive(
+    ss: Arc<StreamShared>,
+    mut inbound: Streaming<WatchRequest>,
+    room: Arc<Notify>,
+    mut closed: oneshot::Receiver<()>,
+    progress_interval: Duration,
+    leader_grace: Option<Duration>,
+    shared: Arc<Shared>,
+) {
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + progress_interval,
+        progress_interval,
+    );
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let leader_check_every = leader_grace.map_or(Duration::from_secs(3600), |g| {
+        (g / 6).max(MIN_PROGRESS_INTERVAL)
+    });
+    let mut leader_check = tokio::time::interval(leader_check_every);
+    let mut leaderless_since: Option<Instant> = None;
+    let mut half_closed = false;
+    loop {
+        tokio::select! {
+            _ = &mut closed => break,
+            _ = progress.tick() => ss.stream.progress_tick(),
+            _ = leader_check.tick(), if leader_grace.is_some() => {
+                if shared.leader() != 0 {
+                    leaderless_since = None;
+                } else {
+                    let since = *leaderless_since.get_or_insert_with(Instant::now);
+                    if leader_grace.is_some_and(|g| since.elapsed() >= g) {
+                        ss.end(Some(RequestError::from(EtcdError::NoLeader).into()));
+                        break;
+                    }
+                }
+            }
+            msg = inbound.message(), if !half_closed => match msg {
+                Ok(Some(req)) => {
+                    handle(&ss.stream, req);
+                    // Backpressure: the next request waits for the client to read.
+                    while !ss.stream.outbox().has_room_or_notify() {
+                        tokio::select! {
+                            _ = room.notified() => {}
+                            _ = &mut closed => return,
+                        }
+                    }
+                }
+                // The client closed its side; it may still read (etcd keeps serving).
+                Ok(None) => half_closed = true,
+                Err(_) => {
+                    ss.end(None);
+                    break;
+                }
+            },
+        }
+    }
+}
+
+fn handle(stream: &WatchStream<RedbBackend>, req: WatchRequest) {
+    match req.request_union {
+        Some(RequestUnion::CreateRequest(c)) => stream.create(create_options(c)),
+        Some(RequestUnion::CancelRequest(c)) => stream.cancel(c.watch_id),
+        Some(RequestUnion::ProgressRequest(_)) => stream.request_progress(),
+        None => {}
+    }
+}
+
+fn create_options(c: WatchCreateRequest) -> WatchOptions {
+    let filter = |f: watch_create_request::FilterType| c.filters.contains(&(f as i32));
+    WatchOptions {
+        watch_id: c.watch_id,
+        filter_put: filter(watch_create_request::FilterType::Noput),
+        filter_delete: filter(watch_create_request::FilterType::Nodelete),
+        key: c.key.to_vec(),
+        range_end: c.range_end.to_vec(),
+        start_revision: c.start_revision,
+        prev_kv: c.prev_kv,
+        progress_notify: c.progress_notify,
+        fragment: c.fragment,
+    }
+}
+
+/// The response side: drains the outbox.
+struct Sender {
+    ss: Arc<StreamShared>,
+    shared: Arc<Shared>,
+    pending: VecDeque<EncodedWatchResponse>,
+    fragment_bytes: usize,
+    /// Dropped with the response stream: tells the receive task to stop.
+    _closed: oneshot::Sender<()>,
+}
+
+impl Sender {
+    async fn next(&mut self) -> Option<Result<EncodedWatchResponse, Status>> {
+        loop {
+            if let Some(resp) = self.pending.pop_front() {
+                return Some(Ok(resp));
+            }
+            let batch = self.ss.stream.outbox().pop_batch(SEND_BATCH);
+            if !batch.is_empty() {
+                for out in coalesce(batch) {
+                    self.convert(out);
+                }
+                continue;
+            }
+            if self.ss.is_ended() {
+                return self
+                    .ss
+                    .ended
+                    .lock()
+                    .expect("watch stream end lock")
+                    .take()
+                    .map(Err);
+            }
+            self.ss.data.notified().await;
+        }
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.shared.cluster_id.0,
+            member_id: self.shared.member_id.0,
+            revision,
+            raft_term: self.shared.term(),
+        })
+    }
+
+    fn convert(&mut self, out: Out) {
+        let resp = match out {
+            Out::Created {
+                watch_id,
+                revision,
+                cancel_reason,
+            } => WatchResponse {
+                header: self.header(revision),
+                watch_id,
+                created: true,
+                canceled: cancel_reason.is_some(),
+                cancel_reason: cancel_reason.unwrap_or_default(),
+                ..Default::default()
+            },
+            Out::Canceled {
+                watch_id,
+                revision,
+                compact_revision,
+                cancel_reason,
+            } => WatchResponse {
+                header: self.header(revision),
+                watch_id,
+                canceled: true,
+                compact_revision,
+                cancel_reason: cancel_reason.unwrap_or_default(),
+                ..Default::default()
+            },
+            Out::Progress { watch_id, revision } => WatchResponse {
+                header: self.header(revision),
+                watch_id,
+                ..Default::default()
+            },
+            Out::Events {
+                watch_id,
+                revision,
+                events,
+                prev_kv,
+                fragment,
+            } => {
+                let head = WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    ..Default::default()
+                };
+                let limit = fragment.then_some(self.fragment_bytes);
+                fragments(&head, events, prev_kv, limit, &mut self.pending);
+                return;
+            }
+        };
+        self.pending.push_back(EncodedWatchResponse::control(&resp));
+    }
+}
+
+/// Merges each watcher's event responses within `batch` into its first one, so a client
+/// that reads slower than the writes come gets fewer, larger responses (whole revisions
+/// still, in order). Moving a watcher's later events earlier never passes its own
+/// created or canceled response, nor any progress response, so a progress revision is
+/// never below an event delivered before it.
+fn coalesce(batch: Vec<Out>) -> Vec<Out> {
+    let mut out: Vec<Out> = Vec::with_capacity(batch.len());
+    // Watch id -> index in `out` of its open event response.
+    let mut open: HashMap<i64, usize> = HashMap::new();
+    for item in batch {
+        match item {
+            Out::Events {
+                watch_id,
+                revision,
+                events,
+                ..
+            } if open.contains_key(&watch_id) => {
+                let i = open[&watch_id];
+                let Out::Events {
+                    revision: merged_rev,
+                    events: merged,
+                    ..
+                } = &mut out[i]
+                else {
+                    unreachable!("open entries are event responses");
+                };
+                *merged = merged.iter().chain(events.iter()).cloned().collect();
+                *merged_rev = revision;
+                if merged.len() >= MERGE_MAX_EVENTS {
+                    open.remove(&watch_id);
+                }
+            }
+            Out::Events { watch_id, .. } => {
+                open.insert(watch_id, out.len());
+                out.push(item);
+            }
+            Out::Created { watch_id, .. } | Out::Canceled { watch_id, .. } => {
+                open.remove(&watch_id);
+                out.push(item);
+            }
+            Out::Progress { .. } => {
+                open.clear();
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+fn kv_to_pb(kv: &retcd_mvcc::KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: Bytes::copy_from_slice(&kv.key),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: Bytes::copy_from_slice(&kv.value),
+        lease: kv.lease,
+    }
+}
+
+fn event_to_pb(e: &Event, prev_kv: bool) -> mvccpb::Event {
+    let kind = match e.kind {
+        EventKind::Put => mvccpb::event::EventType::Put,
+        EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    // etcd leaves prev_kv out of create events.
+    let is_create = e.kind == EventKind::Put && e.kv.version == 1;
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(kv_to_pb(&e.kv)),
+        prev_kv: if prev_kv && !is_create {
+            e.prev_kv.as_ref().map(kv_to_pb)
+        } else {
+            None
+        },
+    }
+}
+
+/// Queues `events` as one response, or, when `limit` is set (the watcher asked for
+/// `fragment`) and the response is at least `limit` bytes, as parts of at most `limit`
+/// bytes (at least one event each) with `fragment = true` on all but the last, as etcd's
+/// `sendFragments`.
+fn fragments(
+    head: &WatchResponse,
+    events: EventList,
+    prev_kv: bool,
+    limit: Option<usize>,
+    out: &mut VecDeque<EncodedWatchResponse>,
+) {
+    let whole = EncodedWatchResponse {
+        head: head.encode_to_vec(),
+        range: 0..events.len(),
+        events: Some(events.clone()),
+        prev_kv,
+    };
+    let Some(limit) = limit.filter(|&l| events.len() >= 2 && whole.encoded_len() >= l) else {
+        out.push_back(whole);
+        return;
+    };
+    let part_head = WatchResponse {
+        fragment: true,
+        ..head.clone()
+    }
+    .encode_to_vec();
+    let sizes: Vec<usize> = events
+        .iter()
+        .map(|e| event_field_len(e.encoded(prev_kv, encode_event).len()))
+        .collect();
+    let mut start = 0;
+    let mut size = part_head.len();
+    for (i, &add) in sizes.iter().enumerate() {
+        if i > start && size + add >= limit {
+            out.push_back(EncodedWatchResponse {
+                head: part_head.clone(),
+                events: Some(events.clone()),
+                range: start..i,
+                prev_kv,
+            });
+            start = i;
+            size = part_head.len();
+        }
+        size += add;
+    }
+    out.push_back(EncodedWatchResponse {
+        head: head.encode_to_vec(),
+        events: Some(events.clone()),
+        range: start..events.len(),
+        prev_kv,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retcd_mvcc::KeyValue;
+    use retcd_mvcc::watch::WatchEvent;
+
+    fn events(n: usize, value_len: usize) -> EventList {
+        (0..n)
+            .map(|i| {
+                Arc::new(WatchEvent::new(Event {
+                    kind: if i % 3 == 2 {
+                        EventKind::Delete
+                    } else {
+                        EventKind::Put
+                    },
+                    kv: KeyValue {
+                        key: format!("k{i}").into_bytes(),
+                        value: vec![b'v'; value_len],
+                        create_revision: 2,
+                        mod_revision: 5 + i as i64,
+                        version: 1 + (i % 2) as i64,
+                        lease: 7,
+                    },
+                    prev_kv: Some(KeyValue {
+                        key: format!("k{i}").into_bytes(),
+                        value: b"old".to_vec(),
+                        create_revision: 2,
+                        mod_revision: 4,
+                        version: 1,
+                        lease: 0,
+                    }),
+                }))
+            })
+            .collect()
+    }
+
+    fn head() -> WatchResponse {
+        WatchResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 1,
+                member_id: 2,
+                revision: 99,
+                raft_term: 3,
+            }),
+            watch_id: 4,
+            ..Default::default()
+        }
+    }
+
+    fn decode(r: &EncodedWatchResponse) -> WatchResponse {
+        let bytes = r.encode_to_vec();
+        assert_eq!(bytes.len(), r.encoded_len());
+        WatchResponse::decode(bytes.as_slice()).unwrap()
+    }
+
+    // Goal: the hand encoding is exactly prost's encoding of the same response, with and
+    // without prev_kv (left out of create events either way).
+    #[test]
+    fn hand_encoding_matches_prost() {
+        for prev_kv in [false, true] {
+            let list = events(5, 10);
+            let mut out = VecDeque::new();
+            fragments(&head(), list.clone(), prev_kv, None, &mut out);
+            assert_eq!(out.len(), 1);
+            let expected = WatchResponse {
+                events: list.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
+                ..head()
+            };
+            assert_eq!(out[0].encode_to_vec(), expected.encode_to_vec());
+            assert_eq!(decode(&out[0]), expected);
+        }
+    }
+
+    // Goal: fragments stay under the limit, keep every event in order, and only the last
+    // part has fragment = false.
+    #[test]
+    fn fragments_split_under_the_limit_in_order() {
+        let list = events(50, 100);
+        let mut out = VecDeque::new();
+        fragments(&head(), list.clone(), true, Some(1000), &mut out);
+        assert!(out.len() > 5);
+        let parts: Vec<WatchResponse> = out.iter().map(decode).collect();
+        for (i, (p, raw)) in parts.iter().zip(&out).enumerate() {
+            assert!(
+                raw.encoded_len() < 1000,
+                "part {i} is {} bytes",
+                raw.encoded_len()
+            );
+            assert_eq!(p.fragment, i + 1 < parts.len());
+            assert_eq!(p.watch_id, 4);
+        }
+        let joined: Vec<mvccpb::Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        let all: Vec<mvccpb::Event> = list.iter().map(|e| event_to_pb(e, true)).collect();
+        assert_eq!(joined, all);
+    }
+
+    fn ev_out(watch_id: i64, list: &EventList, range: Range<usize>) -> Out {
+        Out::Events {
+            watch_id,
+            revision: list[range.end - 1].kv.mod_revision,
+            events: list[range].iter().cloned().collect(),
+            prev_kv: false,
+            fragment: false,
+        }
+    }
+
+    // Goal: a watcher's consecutive event responses merge (in order, last revision as the
+    // header), but never across a progress response or its own cancel.
+    #[test]
+    fn coalesce_merges_per_watcher_up_to_barriers() {
+        let list = events(6, 1);
+        let batch = vec![
+            ev_out(1, &list, 0..1),
+            ev_out(2, &list, 0..1),
+            ev_out(1, &list, 1..2),
+            ev_out(2, &list, 1..2),
+            Out::Progress {
+                watch_id: -1,
+                revision: 6,
+            },
+            ev_out(1, &list, 2..3),
+            ev_out(1, &list, 3..4),
+            Out::Canceled {
+                watch_id: 1,
+                revision: 8,
+                compact_revision: 0,
+                cancel_reason: None,
+            },
+            ev_out(1, &list, 4..6),
+        ];
+        let out = coalesce(batch);
+        let shape: Vec<(i64, Vec<i64>, i64)> = out
+            .iter()
+            .map(|o| match o {
+                Out::Events {
+                    watch_id,
+                    revision,
+                    events,
+                    ..
+                } => (
+                    *watch_id,
+                    events.iter().map(|e| e.kv.mod_revision).collect(),
+                    *revision,
+                ),
+                Out::Progress { .. } => (-1, vec![], 0),
+                Out::Canceled { watch_id, .. } => (*watch_id, vec![], -1),
+                Out::Created { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, vec![5, 6], 6),
+                (2, vec![5, 6], 6),
+                (-1, vec![], 0),
+                (1, vec![7, 8], 8),
+                (1, vec![], -1),
+                (1, vec![9, 10], 10),
+            ]
+        );
+    }
+
+    // Goal: a small response, a single large event, or a watcher that did not ask for
+    // fragments gets the response whole.
+    #[test]
+    fn small_single_or_unrequested_responses_are_whole() {
+        for (list, limit) in [
+            (events(2, 10), Some(1000)),
+            (events(1, 5000), Some(1000)),
+            (events(50, 100), None),
+        ] {
+            let mut out = VecDeque::new();
+            fragments(&head(), list.clone(), false, limit, &mut out);
+            assert_eq!(out.len(), 1);
+            let r = decode(&out[0]);
+            assert!(!r.fragment);
+            assert_eq!(r.events.len(), list.len());
+        }
+    }
 }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Watch delivery, retcd vs etcd (single member each, same disk, one run): N watchers on a
+# prefix over S streams while puts run at full speed. Prints a markdown table of medians
+# over $RUNS runs (alternating servers): delivered events per second, delivery latency
+# (put sent -> event received) p50/p99, and the put rate.
+#
+#   cargo build --release --bin retcd --bin retcd-bench
+#   scripts/bench-watch.sh                    # needs etcd on PATH (Debian etcd-server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+RUNS=${RUNS:-3}
+TOTAL=${TOTAL:-4000}
+BENCH=target/release/retcd-bench
+RETCD=target/release/retcd
+command -v etcd >/dev/null || { echo "etcd not on PATH (apt-get install etcd-server)"; exit 1; }
+work=$(mktemp -d "$PWD/target/bench-XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+ep=$(free_port); ep2=$(free_port); rp=$(free_port); rp2=$(free_port)
+start_single etcd bench "$work/etcd" "$ep" "$ep2"
+start_single "$RETCD" bench "$work/retcd" "$rp" "$rp2"
+wait_ready "$ep"; wait_ready "$rp"
+
+declare -A W=(
+  [w1000_s10_c16]="--conns 4 --clients 16 --total $TOTAL watch --watchers 1000 --streams 10"
+  [w1000_s1_c16]="--conns 4 --clients 16 --total $TOTAL watch --watchers 1000 --streams 1"
+  [w1000_s100_c16]="--conns 4 --clients 16 --total $TOTAL watch --watchers 1000 --streams 100"
+  [w1000_s10_c64]="--conns 4 --clients 64 --total $TOTAL watch --watchers 1000 --streams 10"
+)
+order=(w1000_s10_c16 w1000_s1_c16 w1000_s100_c16 w1000_s10_c64)
+mkdir -p "$work/results"
+for w in "${order[@]}"; do
+  for run in $(seq 1 "$RUNS"); do
+    for srv in etcd retcd; do
+      port=$ep; [ $srv = retcd ] && port=$rp
+      # shellcheck disable=SC2086
+      $BENCH --endpoints "127.0.0.1:$port" --json ${W[$w]} >"$work/results/$w,$srv,$run"
+    done
+  done
+done
+
+python3 - "$RUNS" "$work/results" "${order[@]}" <<'PY'
+import json, os, statistics, sys
+runs, results, order = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def load(w, srv, r):
+    j = json.load(open(os.path.join(results, f"{w},{srv},{r}")))
+    assert j["errors_total"] == 0, f"{w} {srv} run {r}: {j['errors']}"
+    c = j["counters"]
+    assert c["events_received"] == c["events_expected"], f"{w} {srv} run {r}: missing events"
+    return j
+def med(w, srv, f):
+    return statistics.median(f(load(w, srv, r)) for r in range(1, runs + 1))
+ev = lambda j: j["series"]["watch-event"]["requests_per_sec"]
+p50 = lambda j: j["series"]["watch-event"]["latency_ms"]["p50"]
+p99 = lambda j: j["series"]["watch-event"]["latency_ms"]["p99"]
+puts = lambda j: j["series"]["put"]["requests_per_sec"]
+print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s |")
+print("|---|---|---|---|---|---|---|")
+for w in order:
+    e, r = med(w, "etcd", ev), med(w, "retcd", ev)
+    print(f"| {w} | {e:,.0f} | {r:,.0f} | {r / e:.2f}x | {med(w, 'etcd', p50):.1f} / {med(w, 'etcd', p99):.1f} "
+          f"| {med(w, 'retcd', p50):.1f} / {med(w, 'retcd', p99):.1f} | {med(w, 'etcd', puts):,.0f} / {med(w, 'retcd', puts):,.0f} |")
+PY
