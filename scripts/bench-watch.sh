@@ -2,7 +2,9 @@
 # Watch delivery, retcd vs etcd (single member each, same disk, one run): N watchers on a
 # prefix over S streams while puts run at full speed. Prints a markdown table of medians
 # over $RUNS runs (alternating servers): delivered events per second, delivery latency
-# (put sent -> event received) p50/p99, and the put rate.
+# (put sent -> event received) p50/p99, the put rate, and the server's CPU time per
+# million events delivered (user + system, from /proc: the client shares the cores, so
+# this is the server's own cost).
 #
 #   cargo build --release --bin retcd --bin retcd-bench
 #   scripts/bench-watch.sh                    # needs etcd on PATH (Debian etcd-server)
@@ -20,8 +22,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 ep=$(free_port); ep2=$(free_port); rp=$(free_port); rp2=$(free_port)
-start_single etcd bench "$work/etcd" "$ep" "$ep2"
-start_single "$RETCD" bench "$work/retcd" "$rp" "$rp2"
+start_single etcd bench "$work/etcd" "$ep" "$ep2"; etcd_pid=${pids[-1]}
+start_single "$RETCD" bench "$work/retcd" "$rp" "$rp2"; retcd_pid=${pids[-1]}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wait_ready "$ep"; wait_ready "$rp"
 
 declare -A W=(
@@ -35,21 +38,24 @@ mkdir -p "$work/results"
 for w in "${order[@]}"; do
   for run in $(seq 1 "$RUNS"); do
     for srv in etcd retcd; do
-      port=$ep; [ $srv = retcd ] && port=$rp
+      port=$ep; pid=$etcd_pid; [ $srv = retcd ] && port=$rp && pid=$retcd_pid
+      before=$(cpu_ticks "$pid")
       # shellcheck disable=SC2086
       $BENCH --endpoints "127.0.0.1:$port" --json ${W[$w]} >"$work/results/$w,$srv,$run"
+      echo $(( $(cpu_ticks "$pid") - before )) >"$work/results/$w,$srv,$run.cpu"
     done
   done
 done
 
-python3 - "$RUNS" "$work/results" "${order[@]}" <<'PY'
+python3 - "$RUNS" "$work/results" "$(getconf CLK_TCK)" "${order[@]}" <<'PY'
 import json, os, statistics, sys
-runs, results, order = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+runs, results, tck, order = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 def load(w, srv, r):
     j = json.load(open(os.path.join(results, f"{w},{srv},{r}")))
     assert j["errors_total"] == 0, f"{w} {srv} run {r}: {j['errors']}"
     c = j["counters"]
     assert c["events_received"] == c["events_expected"], f"{w} {srv} run {r}: missing events"
+    j["cpu_s"] = int(open(os.path.join(results, f"{w},{srv},{r}.cpu")).read()) / tck
     return j
 def med(w, srv, f):
     return statistics.median(f(load(w, srv, r)) for r in range(1, runs + 1))
@@ -57,10 +63,12 @@ ev = lambda j: j["series"]["watch-event"]["requests_per_sec"]
 p50 = lambda j: j["series"]["watch-event"]["latency_ms"]["p50"]
 p99 = lambda j: j["series"]["watch-event"]["latency_ms"]["p99"]
 puts = lambda j: j["series"]["put"]["requests_per_sec"]
-print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s |")
-print("|---|---|---|---|---|---|---|")
+cpu = lambda j: j["cpu_s"] / (j["counters"]["events_received"] / 1e6)
+print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s | etcd / retcd server CPU s per 1M events |")
+print("|---|---|---|---|---|---|---|---|")
 for w in order:
     e, r = med(w, "etcd", ev), med(w, "retcd", ev)
     print(f"| {w} | {e:,.0f} | {r:,.0f} | {r / e:.2f}x | {med(w, 'etcd', p50):.1f} / {med(w, 'etcd', p99):.1f} "
-          f"| {med(w, 'retcd', p50):.1f} / {med(w, 'retcd', p99):.1f} | {med(w, 'etcd', puts):,.0f} / {med(w, 'retcd', puts):,.0f} |")
+          f"| {med(w, 'retcd', p50):.1f} / {med(w, 'retcd', p99):.1f} | {med(w, 'etcd', puts):,.0f} / {med(w, 'retcd', puts):,.0f} "
+          f"| {med(w, 'etcd', cpu):.3f} / {med(w, 'retcd', cpu):.3f} |")
 PY

@@ -181,9 +181,10 @@ impl<'a, B: Backend> WriteBatch<'a, B> {
             .tx
             .take()
             .expect("the backend transaction is present until commit");
+        let events = std::mem::take(&mut self.events);
         let result = if self.compactions.is_empty() {
             tx.commit()
-                .map(|()| self.publish(&mut self.store.state_mut()))
+                .map(|()| self.publish(&mut self.store.state_mut(), events))
         } else {
             // Readers begin their backend snapshot under the state lock. Holding it across
             // the commit means no reader pairs a snapshot that lacks the deleted revisions
@@ -193,7 +194,7 @@ impl<'a, B: Backend> WriteBatch<'a, B> {
                 for &revision in &self.compactions {
                     state.index.compact(revision);
                 }
-                self.publish(&mut state)
+                self.publish(&mut state, events)
             })
         };
         if result.is_err() {
@@ -202,7 +203,7 @@ impl<'a, B: Backend> WriteBatch<'a, B> {
         Ok(result?)
     }
 
-    fn publish(&self, state: &mut store::State) -> Committed {
+    fn publish(&self, state: &mut store::State, events: Vec<Event>) -> Committed {
         // Invariant: published revisions never go backwards.
         assert!(
             self.current_rev >= state.current_rev && self.compact_rev >= state.compact_rev,
@@ -219,7 +220,7 @@ impl<'a, B: Backend> WriteBatch<'a, B> {
             revision: self.current_rev,
             compact_revision: self.compact_rev,
             consistent_index: self.consistent_index,
-            events: self.events.clone(),
+            events,
         }
     }
 

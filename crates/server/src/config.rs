@@ -499,6 +499,31 @@ mod tests {
         Config::parse_from_args(std::iter::once("retcd").chain(args.iter().copied()))
     }
 
+    // Goal: Go duration syntax as etcd's flags take it, and the experimental flag we
+    // implement is accepted while the others stay refused.
+    #[test]
+    fn go_durations_and_the_progress_notify_flag() {
+        let ok = |s: &str| parse_go_duration(s).unwrap();
+        assert_eq!(ok("10m0s"), Duration::from_secs(600));
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
+        assert_eq!(ok("100ms"), Duration::from_millis(100));
+        assert_eq!(ok("250us"), Duration::from_micros(250));
+        assert_eq!(ok("7ns"), Duration::from_nanos(7));
+        for bad in ["", "10", "s", "1x", "-1s", "1..2s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(600));
+        let c = parse(&["--experimental-watch-progress-notify-interval", "200ms"]).unwrap();
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_millis(200));
+        assert!(matches!(
+            parse(&["--experimental-initial-corrupt-check"]),
+            Err(ConfigError::Unsupported(_))
+        ));
+    }
+
     // Goal: with no flags, every value is etcd's default (the environment of the test
     // process sets no ETCD_* variable).
     #[test]

@@ -427,3 +427,70 @@ async fn concurrent_linearizable_reads_on_every_member_succeed() {
         t.await.unwrap();
     }
 }
+
+// Goal: a follower serves watches from its own applied state; a stream that asked for a
+// leader (`hasleader`, as etcdctl's watch does) ends with etcd's "no leader" once the
+// member has had none for a while, and a new one is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_watch_follows_writes_and_requires_a_leader_when_asked() {
+    use retcd_api::etcdserverpb::watch_client::WatchClient;
+    use retcd_api::etcdserverpb::watch_request::RequestUnion;
+    use retcd_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+    let cluster = blocking(|| Cluster::start(spec(3))).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let open = || async {
+        let mut client = WatchClient::connect(cluster.client_url(follower))
+            .await
+            .unwrap();
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: "w/".into(),
+                range_end: "w0".into(),
+                ..Default::default()
+            })),
+        };
+        let mut req =
+            tonic::Request::new(tokio_stream::iter(vec![create]).chain(tokio_stream::pending()));
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().unwrap());
+        client.watch(req).await
+    };
+    use tokio_stream::StreamExt as _;
+    let mut stream = open().await.expect("watch on a follower").into_inner();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created);
+
+    let mut c = cluster.client(leader).await.unwrap();
+    let put = c.put("w/1", "v", None).await.unwrap();
+    let r = stream.message().await.unwrap().unwrap();
+    assert_eq!(r.events.len(), 1);
+    assert_eq!(
+        r.events[0].kv.as_ref().unwrap().mod_revision,
+        put.header().unwrap().revision()
+    );
+
+    // The follower loses its leader: the stream ends with "no leader".
+    for m in (0..3).filter(|&m| m != follower) {
+        blocking(|| cluster.stop(m)).unwrap();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("a hasleader stream ends after losing the leader");
+    assert_eq!(ended.code(), tonic::Code::Unavailable);
+    assert_eq!(ended.message(), "etcdserver: no leader");
+    let refused = open().await.expect_err("no leader: refused");
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    for m in (0..3).filter(|&m| m != follower) {
+        blocking(|| cluster.cont(m)).unwrap();
+    }
+}
