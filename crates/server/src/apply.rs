@@ -22,14 +22,16 @@ use bytes::Bytes;
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
     CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse, compare, range_request, request_op, response_op,
+    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, range_request,
+    request_op, response_op,
 };
 use retcd_api::mvccpb;
 use retcd_backend::Backend;
 use retcd_mvcc::{KeyValue, MvccError, PutResult, RangeOptions, RangeResult, ReadView, TxnWrite};
 
 use crate::errors::client_error;
+use crate::lease::Lessor;
 use crate::metrics::Metrics;
 
 /// A successful answer to a proposed request.
@@ -41,6 +43,10 @@ pub enum ApplyResponse {
     Compaction(CompactionResponse),
     /// A membership change: the members after it.
     Members(Vec<retcd_api::etcdserverpb::Member>),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// Renewed leases' TTLs, in the request's order; 0 for a lease that does not exist.
+    LeaseRenew(Vec<i64>),
 }
 
 /// What the proposer of an entry is told.
@@ -51,6 +57,10 @@ pub trait KvRead {
     fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, MvccError>;
     /// The revision a read sees as current.
     fn current_revision(&self) -> i64;
+    /// Whether a lease exists (only asked where writes are checked).
+    fn lease_exists(&self, _id: i64) -> bool {
+        false
+    }
 }
 
 /// Writes, for the one revision of a txn.
@@ -86,6 +96,48 @@ impl<B: Backend> KvWrite for TxnWrite<'_, '_, B> {
     }
 }
 
+/// A write transaction that keeps the lessor's key attachments in step: a put attaches
+/// the key to its lease (and detaches it from the one it had), a delete detaches.
+pub struct LeasedTxn<'l, W> {
+    pub txn: W,
+    pub lessor: &'l mut Lessor,
+}
+
+impl<W: KvRead> KvRead for LeasedTxn<'_, W> {
+    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, MvccError> {
+        self.txn.range(key, end, opts)
+    }
+    fn current_revision(&self) -> i64 {
+        self.txn.current_revision()
+    }
+    fn lease_exists(&self, id: i64) -> bool {
+        self.lessor.exists(id)
+    }
+}
+
+impl<W: KvWrite> KvWrite for LeasedTxn<'_, W> {
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<PutResult, MvccError> {
+        let r = self.txn.put(key, value, lease)?;
+        if let Some(prev) = &r.prev_kv
+            && prev.lease != 0
+            && prev.lease != lease
+        {
+            self.lessor.detach(prev.lease, key);
+        }
+        if lease != 0 {
+            self.lessor.attach(lease, key);
+        }
+        Ok(r)
+    }
+    fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
+        let deleted = self.txn.delete_range(key, end)?;
+        for kv in deleted.iter().filter(|kv| kv.lease != 0) {
+            self.lessor.detach(kv.lease, &kv.key);
+        }
+        Ok(deleted)
+    }
+}
+
 /// A read view used where a txn's write methods can never be reached (read-only txns).
 struct ReadOnly<'a, R: KvRead>(&'a R);
 
@@ -95,6 +147,9 @@ impl<R: KvRead> KvRead for ReadOnly<'_, R> {
     }
     fn current_revision(&self) -> i64 {
         self.0.current_revision()
+    }
+    fn lease_exists(&self, id: i64) -> bool {
+        self.0.lease_exists(id)
     }
 }
 
@@ -154,16 +209,12 @@ pub fn apply_request<W: KvWrite>(
     Ok(Err(EtcdError::NotCapable))
 }
 
-/// etcd's Put: the key must exist for `ignore_value`/`ignore_lease`; a lease must exist
-/// (no lease exists yet: leases arrive with the lessor).
+/// etcd's Put: the key must exist for `ignore_value`/`ignore_lease`; a lease must exist.
 fn apply_put<W: KvWrite>(
     txn: &mut W,
     req: &PutRequest,
     metrics: &Metrics,
 ) -> Result<Result<PutResponse, EtcdError>, MvccError> {
-    if req.lease != 0 {
-        return Ok(Err(EtcdError::LeaseNotFound));
-    }
     if let Err(e) = check_put(txn, req)? {
         return Ok(Err(e));
     }
@@ -218,7 +269,7 @@ fn check_put<R: KvRead>(r: &R, req: &PutRequest) -> Result<Result<(), EtcdError>
             return Ok(Err(EtcdError::KeyNotFound));
         }
     }
-    if req.lease != 0 {
+    if req.lease != 0 && !r.lease_exists(req.lease) {
         return Ok(Err(EtcdError::LeaseNotFound));
     }
     Ok(Ok(()))

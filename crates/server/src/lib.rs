@@ -60,6 +60,7 @@ mod errors;
 mod grpc;
 mod http;
 pub mod ids;
+mod lease;
 mod membership;
 pub mod metrics;
 mod peer;

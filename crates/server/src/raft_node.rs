@@ -63,6 +63,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::apply::{self, ApplyResponse, ApplyResult};
 use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
+use crate::lease::{self, Lessor};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 use crate::peer::transport::{Transport, TransportEvent};
@@ -141,6 +142,8 @@ pub struct Shared {
     pub kv: Arc<KvStore<RedbBackend>>,
     /// Watchers over `kv`, fed by apply.
     pub watch: Arc<WatchableStore<RedbBackend>>,
+    /// Leases, changed by apply; deadlines acted on by the leader.
+    pub lessor: Mutex<Lessor>,
     pub metrics: Arc<Metrics>,
     term: AtomicU64,
     leader: AtomicU64,
@@ -587,6 +590,7 @@ impl NodeHandle {
             cluster_id,
             kv: kv.clone(),
             watch: WatchableStore::new(kv.clone(), WatchConfig::default()),
+            lessor: Mutex::new(Lessor::load(&kv)?),
             metrics: metrics.clone(),
             term: AtomicU64::new(raw.raft.term),
             leader: AtomicU64::new(0),
@@ -781,6 +785,12 @@ impl NodeHandle {
 
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// A fresh id, unique among this member's requests (lease ids are drawn from it, as
+    /// etcd draws them from its request ids).
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn election_timeout(&self) -> Duration {
@@ -1096,6 +1106,35 @@ impl RaftLoop {
                 HashMap::new()
             };
             *self.shared.progress.lock().expect("progress lock") = progress;
+            if self.raw.raft.state == StateRole::Leader {
+                self.propose_lease_expiries(now);
+            }
+        }
+    }
+
+    /// On the leader, once a tick: proposes the revocation of leases past their deadline
+    /// (at most [`lease::REVOKES_PER_TICK`]), each naming the renewal it expired after.
+    fn propose_lease_expiries(&mut self, now: Instant) {
+        let expired = self
+            .shared
+            .lessor
+            .lock()
+            .expect("lessor lock")
+            .take_expired(now, lease::REVOKES_PER_TICK);
+        if expired.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = expired.iter().map(|e| e.id).collect();
+        let req = InternalRaftRequest {
+            lease_expire: Some(retcd_api::etcdserverpb::LeaseExpireRequest { leases: expired }),
+            ..Default::default()
+        };
+        if let Err(e) = self.raw.propose(Bytes::from(req.encode_to_vec())) {
+            tracing::debug!(error = %e, "lease expiry proposal dropped; retried next tick");
+            let mut lessor = self.shared.lessor.lock().expect("lessor lock");
+            for id in ids {
+                lessor.expiry_done(id);
+            }
         }
     }
 
@@ -1120,9 +1159,22 @@ impl RaftLoop {
                     "raft leader changed"
                 );
             }
-            self.shared
+            let is_leader = ss.role == StateRole::Leader;
+            let was_leader = self
+                .shared
                 .role
-                .store(u64::from(ss.role == StateRole::Leader), Ordering::Release);
+                .swap(u64::from(is_leader), Ordering::AcqRel)
+                == 1;
+            if is_leader != was_leader {
+                let mut lessor = self.shared.lessor.lock().expect("lessor lock");
+                if is_leader {
+                    let election_timeout =
+                        self.heartbeat_interval * u32::try_from(self.election_ticks).unwrap_or(10);
+                    lessor.on_promotion(Instant::now(), lease::wall_clock_ms(), election_timeout);
+                } else {
+                    lessor.on_demotion();
+                }
+            }
             self.metrics.has_leader.set(i64::from(ss.leader_id != 0));
             self.metrics
                 .is_leader
@@ -1279,6 +1331,7 @@ impl RaftLoop {
         }
         install_image(&self.kv, &image)?;
         self.shared.watch.restored();
+        *self.shared.lessor.lock().expect("lessor lock") = Lessor::load(&self.kv)?;
         let ci = self.kv.consistent_index();
         self.storage.apply_snapshot(snap.clone())?;
         self.conf_state = snap.metadata.conf_state.clone();
@@ -1344,6 +1397,8 @@ impl RaftLoop {
             return Ok(());
         }
         let mut results: Vec<(u64, ApplyResult)> = Vec::new();
+        let shared = self.shared.clone();
+        let mut lessor = shared.lessor.lock().expect("lessor lock");
         let mut compacted = false;
         let mut membership_changed = false;
         let mut conf_changed = false;
@@ -1368,8 +1423,15 @@ impl RaftLoop {
                     } else if let Some(c) = &req.compaction {
                         compacted = true;
                         apply::apply_compaction(&mut batch, c.revision)?
+                    } else if let Some(result) =
+                        lease::apply_lease_request(&mut batch, &mut lessor, &req, e.index)?
+                    {
+                        result
                     } else {
-                        let mut txn = batch.txn();
+                        let mut txn = apply::LeasedTxn {
+                            txn: batch.txn(),
+                            lessor: &mut lessor,
+                        };
                         apply::apply_request(&mut txn, &req, &self.metrics)?
                     };
                     results.push((id, result));
@@ -1383,6 +1445,8 @@ impl RaftLoop {
                 }
             }
         }
+        lessor.write_dirty(batch.backend_tx())?;
+        drop(lessor);
         batch.set_consistent_index(ConsistentIndex {
             index: last.index,
             term: last.term,

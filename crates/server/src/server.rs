@@ -107,6 +107,10 @@ impl Server {
             quota_backend_bytes: config.quota_backend_bytes,
             watch_progress_notify_interval: config.watch_progress_notify_interval,
             election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
+            min_lease_ttl: crate::lease::min_ttl(
+                config.heartbeat_interval(),
+                config.election_ticks(),
+            ),
         };
         let router = http::add_routes(
             grpc::router(node.clone(), limits),

@@ -1,24 +1,286 @@
-//! The Lease service. Not implemented yet (leases arrive with the lessor).
+//! The Lease service (etcd's `v3rpc/lease.go`).
+//!
+//! Grants and revocations go through Raft like writes. Keep-alives go through Raft too
+//! (see `lease.rs` for why): a per-member [`Renewer`] task gathers the keep-alives of every
+//! stream into one [`LeaseRenewRequest`] at a time, so a thousand keep-alives in flight
+//! cost one proposal, and each is answered once its renewal is applied. TimeToLive and
+//! Leases answer from this member's lessor after a ReadIndex, so they see every grant,
+//! renewal and revocation acknowledged before them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use retcd_api::errors::EtcdError;
+use retcd_api::etcdserverpb::lease_server::Lease;
 use retcd_api::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
+    InternalRaftRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRenewRequest,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
 
-use super::unimplemented_service;
+use crate::apply::ApplyResponse;
+use crate::errors::RequestError;
+use crate::grpc::require_leader;
+use crate::lease::{self, MAX_LEASE_TTL};
+use crate::raft_node::NodeHandle;
 
-pub struct LeaseService;
+/// Most keep-alives renewed by one proposal.
+const RENEW_BATCH: usize = 8192;
+/// Keep-alives of one stream in flight at once (later ones wait).
+const STREAM_IN_FLIGHT: usize = 1024;
 
-unimplemented_service! {
-    LeaseService, Lease;
-    [
+type RenewReply = oneshot::Sender<Result<i64, RequestError>>;
+
+pub struct LeaseService {
+    node: Arc<NodeHandle>,
+    min_ttl: i64,
+    renewer: mpsc::Sender<(i64, RenewReply)>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<NodeHandle>, min_ttl: i64) -> Self {
+        let (tx, rx) = mpsc::channel(RENEW_BATCH);
+        tokio::spawn(renewer(node.clone(), rx));
+        LeaseService {
+            node,
+            min_ttl,
+            renewer: tx,
+        }
+    }
+
+    async fn grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<LeaseGrantResponse, RequestError> {
+        require_leader(&req, &self.node)?;
+        let mut r = req.into_inner();
+        if r.ttl > MAX_LEASE_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge.into());
+        }
+        r.ttl = r.ttl.max(self.min_ttl);
+        while r.id == 0 {
+            r.id = (self.node.new_id() & (i64::MAX as u64)) as i64;
+        }
+        let out = self
+            .node
+            .propose(InternalRaftRequest {
+                lease_grant: Some(r),
+                wall_clock_ms: lease::wall_clock_ms(),
+                ..Default::default()
+            })
+            .await?;
+        let ApplyResponse::LeaseGrant(mut resp) = out else {
+            return Err(RequestError::Internal(format!(
+                "lease grant answered {out:?}"
+            )));
+        };
+        resp.header = Some(self.node.shared().header(resp.header.map(|h| h.revision)));
+        Ok(resp)
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<LeaseRevokeResponse, RequestError> {
+        require_leader(&req, &self.node)?;
+        let out = self
+            .node
+            .propose(InternalRaftRequest {
+                lease_revoke: Some(req.into_inner()),
+                ..Default::default()
+            })
+            .await?;
+        let ApplyResponse::LeaseRevoke(mut resp) = out else {
+            return Err(RequestError::Internal(format!(
+                "lease revoke answered {out:?}"
+            )));
+        };
+        resp.header = Some(self.node.shared().header(resp.header.map(|h| h.revision)));
+        Ok(resp)
+    }
+
+    async fn time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<LeaseTimeToLiveResponse, RequestError> {
+        require_leader(&req, &self.node)?;
+        let r = req.into_inner();
+        self.node.read_index().await?;
+        let shared = self.node.shared();
+        let lessor = shared.lessor.lock().expect("lessor lock");
+        // etcd answers an unknown lease with TTL -1, not an error.
+        let resp = match lessor.get(r.id) {
+            Some(l) => LeaseTimeToLiveResponse {
+                header: None,
+                id: r.id,
+                ttl: i64::try_from(l.remaining(Instant::now()).as_secs()).unwrap_or(i64::MAX),
+                granted_ttl: l.ttl,
+                keys: if r.keys {
+                    l.keys
+                        .iter()
+                        .map(|k| bytes::Bytes::from(k.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            None => LeaseTimeToLiveResponse {
+                header: None,
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        };
+        drop(lessor);
+        Ok(LeaseTimeToLiveResponse {
+            header: Some(shared.header(None)),
+            ..resp
+        })
+    }
+
+    async fn leases(
+        &self,
+        req: Request<LeaseLeasesRequest>,
+    ) -> Result<LeaseLeasesResponse, RequestError> {
+        require_leader(&req, &self.node)?;
+        self.node.read_index().await?;
+        let shared = self.node.shared();
+        let ids = shared.lessor.lock().expect("lessor lock").ids();
+        Ok(LeaseLeasesResponse {
+            header: Some(shared.header(None)),
+            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+        })
+    }
+}
+
+/// Gathers keep-alives from every stream and renews them one proposal at a time.
+async fn renewer(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<(i64, RenewReply)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RENEW_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let out = node
+            .propose(InternalRaftRequest {
+                lease_renew: Some(LeaseRenewRequest { ids: ids.clone() }),
+                wall_clock_ms: lease::wall_clock_ms(),
+                ..Default::default()
+            })
+            .await;
+        match out {
+            Ok(ApplyResponse::LeaseRenew(ttls)) => {
+                let by_id: HashMap<i64, i64> = ids.into_iter().zip(ttls).collect();
+                for (id, reply) in batch {
+                    let _ = reply.send(Ok(by_id.get(&id).copied().unwrap_or(0)));
+                }
+            }
+            Ok(other) => {
+                let e = RequestError::Internal(format!("lease renew answered {other:?}"));
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
     type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
-    ]
-    lease_grant(LeaseGrantRequest) -> LeaseGrantResponse;
-    lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse;
-    lease_keep_alive(tonic::Streaming<LeaseKeepAliveRequest>) -> Self::LeaseKeepAliveStream;
-    lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse;
-    lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse;
+
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        Ok(Response::new(self.grant(req).await?))
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        Ok(Response::new(self.revoke(req).await?))
+    }
+
+    /// Each request renews one lease; the answer carries its TTL, or 0 if it does not
+    /// exist. Answers may come out of order across leases. A renewal that fails (no
+    /// leader, timeout) ends the stream with that error, as etcd does.
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        require_leader(&req, &self.node).map_err(Status::from)?;
+        let mut inbound = req.into_inner();
+        let (out_tx, out_rx) = mpsc::channel::<Result<LeaseKeepAliveResponse, Status>>(64);
+        let renewer = self.renewer.clone();
+        let node = self.node.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.message() => msg,
+                    _ = out_tx.closed() => return,
+                };
+                let Ok(Some(r)) = msg else { return };
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (reply, rx) = oneshot::channel();
+                if renewer.send((r.id, reply)).await.is_err() {
+                    let _ = out_tx
+                        .send(Err(Status::from(RequestError::from(EtcdError::Stopped))))
+                        .await;
+                    return;
+                }
+                let out_tx = out_tx.clone();
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let resp = match rx.await {
+                        Ok(Ok(ttl)) => Ok(LeaseKeepAliveResponse {
+                            header: Some(node.shared().header(None)),
+                            id: r.id,
+                            ttl,
+                        }),
+                        Ok(Err(e)) => Err(Status::from(e)),
+                        Err(_) => Err(Status::from(RequestError::from(EtcdError::Stopped))),
+                    };
+                    let _ = out_tx.send(resp).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(self.time_to_live(req).await?))
+    }
+
+    async fn lease_leases(
+        &self,
+        req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        Ok(Response::new(self.leases(req).await?))
+    }
 }

@@ -1,7 +1,7 @@
 //! The gRPC services, one file per service (as etcd's `v3rpc`), and the router that
 //! serves them all.
 //!
-//! KV, Watch, Cluster and Maintenance are implemented; Lease, Auth, Lock and Election
+//! KV, Watch, Lease, Cluster and Maintenance are implemented; Auth, Lock and Election
 //! answer `Unimplemented` until their issues land, so clients get a clear error instead
 //! of a hang. Every service accepts requests up to `--max-request-bytes` plus 512 KiB of
 //! gRPC decoding (larger ones fail with `ResourceExhausted` before any handler runs);
@@ -46,6 +46,8 @@ pub struct ServiceLimits {
     pub watch_progress_notify_interval: std::time::Duration,
     /// `--election-timeout`, for watch streams that require a leader.
     pub election_timeout: std::time::Duration,
+    /// etcd's minimum lease TTL for this member's timing, seconds.
+    pub min_lease_ttl: i64,
 }
 
 /// Refuses a request that asked for a leader (`hasleader=true` metadata, set by Go
@@ -204,7 +206,10 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
         ),
         max_decoding,
     ))
-    .add_service(limited!(LeaseServer, lease::LeaseService))
+    .add_service(limited!(
+        LeaseServer,
+        lease::LeaseService::new(node.clone(), limits.min_lease_ttl)
+    ))
     .add_service(limited!(
         ClusterServer,
         cluster::ClusterService::new(node.clone())
