@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::lease_server::Lease;
@@ -32,6 +32,8 @@ use crate::raft_node::NodeHandle;
 
 /// Most keep-alives renewed by one proposal.
 const RENEW_BATCH: usize = 8192;
+/// Renewal rounds in flight at once.
+const RENEWS_IN_FLIGHT: usize = 4;
 /// Keep-alives of one stream in flight at once (later ones wait).
 const STREAM_IN_FLIGHT: usize = 1024;
 
@@ -160,9 +162,18 @@ impl LeaseService {
     }
 }
 
-/// Gathers keep-alives from every stream and renews them one proposal at a time.
+/// Gathers keep-alives from every stream into one renewal proposal per round. Up to
+/// [`RENEWS_IN_FLIGHT`] rounds run at once, so a proposal lost with a dead leader (it
+/// waits for its timeout) does not hold up the renewals after it; a round that takes
+/// longer than [`renew_timeout`] fails its keep-alives (their streams end, as etcd's do
+/// when the leader cannot be reached, and clients open new ones).
 async fn renewer(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<(i64, RenewReply)>) {
+    let rounds = Arc::new(tokio::sync::Semaphore::new(RENEWS_IN_FLIGHT));
+    let timeout = renew_timeout(&node);
     while let Some(first) = rx.recv().await {
+        let Ok(round) = rounds.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < RENEW_BATCH {
             match rx.try_recv() {
@@ -170,33 +181,48 @@ async fn renewer(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<(i64, RenewReply)
                 Err(_) => break,
             }
         }
-        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let out = node
-            .propose(InternalRaftRequest {
-                lease_renew: Some(LeaseRenewRequest { ids: ids.clone() }),
-                wall_clock_ms: lease::wall_clock_ms(),
-                ..Default::default()
-            })
-            .await;
-        match out {
-            Ok(ApplyResponse::LeaseRenew(ttls)) => {
-                let by_id: HashMap<i64, i64> = ids.into_iter().zip(ttls).collect();
-                for (id, reply) in batch {
-                    let _ = reply.send(Ok(by_id.get(&id).copied().unwrap_or(0)));
-                }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _round = round;
+            renew_round(&node, batch, timeout).await;
+        });
+    }
+}
+
+/// How long one renewal round may take: three election timeouts.
+fn renew_timeout(node: &NodeHandle) -> Duration {
+    (3 * node.election_timeout()).max(Duration::from_secs(1))
+}
+
+async fn renew_round(node: &NodeHandle, batch: Vec<(i64, RenewReply)>, timeout: Duration) {
+    let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let proposal = node.propose(InternalRaftRequest {
+        lease_renew: Some(LeaseRenewRequest { ids: ids.clone() }),
+        wall_clock_ms: lease::wall_clock_ms(),
+        ..Default::default()
+    });
+    let out = match tokio::time::timeout(timeout, proposal).await {
+        Ok(out) => out,
+        Err(_) => Err(EtcdError::Timeout.into()),
+    };
+    match out {
+        Ok(ApplyResponse::LeaseRenew(ttls)) => {
+            let by_id: HashMap<i64, i64> = ids.into_iter().zip(ttls).collect();
+            for (id, reply) in batch {
+                let _ = reply.send(Ok(by_id.get(&id).copied().unwrap_or(0)));
             }
-            Ok(other) => {
-                let e = RequestError::Internal(format!("lease renew answered {other:?}"));
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        Ok(other) => {
+            let e = RequestError::Internal(format!("lease renew answered {other:?}"));
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
             }
-            Err(e) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
