@@ -261,8 +261,19 @@ async fn restarted_member_catches_up_by_snapshot() {
     let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
     let follower = (leader + 1) % 3;
     blocking(|| cluster.kill(follower)).unwrap();
-    // 7,000 entries: past the 5,000 the leader keeps behind its snapshot.
+    // A lease with two keys, which the follower learns from the snapshot.
     let mut c = cluster.client(leader).await.unwrap();
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    for k in ["leased/a", "leased/b"] {
+        c.put(
+            k,
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    }
+    // 7,000 entries: past the 5,000 the leader keeps behind its snapshot.
     for i in 0..7_000 {
         if i % 1000 == 0 {
             // Some keys in txns, most as single puts so the log grows.
@@ -294,6 +305,34 @@ async fn restarted_member_catches_up_by_snapshot() {
     );
     assert_eq!(hashes.0, hashes.1);
     let _ = member_id(&mut f).await;
+
+    // The lease came with the snapshot: its record and its keys.
+    let ttl = f
+        .lease_time_to_live(
+            lease,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 600);
+    assert_eq!(ttl.keys(), [b"leased/a".to_vec(), b"leased/b".to_vec()]);
+    c.lease_revoke(lease).await.unwrap();
+    eventually(
+        "the revoke reaches the follower",
+        Duration::from_secs(10),
+        || {
+            let mut f = f.clone();
+            async move {
+                f.get(
+                    "leased/",
+                    Some(GetOptions::new().with_prefix().with_serializable()),
+                )
+                .await
+                .is_ok_and(|r| r.kvs().is_empty())
+            }
+        },
+    )
+    .await;
 }
 
 // Goal: a member added to a cluster holding 100,000 keys catches up and its serializable
