@@ -36,7 +36,7 @@ use retcd_api::etcdserverpb::{
 };
 use retcd_api::mvccpb;
 use retcd_backend::RedbBackend;
-use retcd_mvcc::watch::{EventList, Out};
+use retcd_mvcc::watch::{EventList, Out, WatchEvent};
 use retcd_mvcc::{Event, EventKind, WatchOptions, WatchStream};
 use tokio::sync::{Notify, oneshot};
 use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
@@ -498,8 +498,10 @@ impl Sender {
 /// never below an event delivered before it.
 fn coalesce(batch: Vec<Out>) -> Vec<Out> {
     let mut out: Vec<Out> = Vec::with_capacity(batch.len());
-    // Watch id -> index in `out` of its open event response.
-    let mut open: HashMap<i64, usize> = HashMap::new();
+    // Events merged into out[i], beyond its own, when any.
+    let mut merged: Vec<Option<Vec<Arc<WatchEvent>>>> = Vec::with_capacity(batch.len());
+    // Watch id -> index in `out` of its open event response, and its event count.
+    let mut open: HashMap<i64, (usize, usize)> = HashMap::new();
     for item in batch {
         match item {
             Out::Events {
@@ -508,33 +510,48 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
                 events,
                 ..
             } if open.contains_key(&watch_id) => {
-                let i = open[&watch_id];
+                let (i, count) = open.get_mut(&watch_id).expect("checked");
                 let Out::Events {
                     revision: merged_rev,
-                    events: merged,
+                    events: first,
                     ..
-                } = &mut out[i]
+                } = &mut out[*i]
                 else {
                     unreachable!("open entries are event responses");
                 };
-                *merged = merged.iter().chain(events.iter()).cloned().collect();
                 *merged_rev = revision;
-                if merged.len() >= MERGE_MAX_EVENTS {
+                merged[*i]
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend(events.iter().cloned());
+                *count += events.len();
+                if *count >= MERGE_MAX_EVENTS {
                     open.remove(&watch_id);
                 }
             }
-            Out::Events { watch_id, .. } => {
-                open.insert(watch_id, out.len());
+            Out::Events {
+                watch_id,
+                ref events,
+                ..
+            } => {
+                open.insert(watch_id, (out.len(), events.len()));
                 out.push(item);
+                merged.push(None);
             }
             Out::Created { watch_id, .. } | Out::Canceled { watch_id, .. } => {
                 open.remove(&watch_id);
                 out.push(item);
+                merged.push(None);
             }
             Out::Progress { .. } => {
                 open.clear();
                 out.push(item);
+                merged.push(None);
             }
+        }
+    }
+    for (item, extra) in out.iter_mut().zip(merged) {
+        if let (Out::Events { events, .. }, Some(all)) = (item, extra) {
+            *events = all.into();
         }
     }
     out
@@ -626,7 +643,6 @@ fn fragments(
 mod tests {
     use super::*;
     use retcd_mvcc::KeyValue;
-    use retcd_mvcc::watch::WatchEvent;
 
     fn events(n: usize, value_len: usize) -> EventList {
         (0..n)
