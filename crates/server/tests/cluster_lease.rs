@@ -262,3 +262,91 @@ async fn a_restart_does_not_count_downtime_as_lease_time() {
     let ttl = c.lease_time_to_live(g.id(), None).await.unwrap();
     assert_eq!(ttl.ttl(), -1, "the lease is gone");
 }
+
+// Goal: a thousand leases expiring together are revoked at a bounded rate (etcd's
+// 1,000/s: at most 100 a tick), and client writes go on in between: puts land between
+// the first and the last of the revocations, and the revocations span several ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_expiry_is_rate_limited_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Retcd::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let start = c.get("x", None).await.unwrap().header().unwrap().revision() + 1;
+    let mut stream = c
+        .watch(
+            "mass/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(start)),
+        )
+        .await
+        .unwrap();
+    const N: usize = 1000;
+    // Granted concurrently, so they all expire within a short window: without the rate
+    // limit one tick would revoke them all, back to back.
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..N).step_by(50) {
+                let g = c.lease_grant(2, None).await.unwrap();
+                c.put(
+                    format!("mass/{i:04}"),
+                    "v",
+                    Some(PutOptions::new().with_lease(g.id())),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let granted_by = Instant::now();
+    // Put through the expiry storm and record the revisions.
+    let mut put_revs = Vec::new();
+    let mut deletes: Vec<i64> = Vec::new();
+    let deadline = granted_by + Duration::from_secs(2 + 10);
+    while deletes.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} leases expired",
+            deletes.len()
+        );
+        let p = tokio::time::timeout(Duration::from_secs(2), c.put("writer", "w", None))
+            .await
+            .expect("a put during the expiry storm answered within 2 s")
+            .unwrap();
+        put_revs.push(p.header().unwrap().revision());
+        while let Ok(Ok(Some(r))) =
+            tokio::time::timeout(Duration::from_millis(20), stream.message()).await
+        {
+            deletes.extend(
+                r.events()
+                    .iter()
+                    .filter(|e| e.event_type() == EventType::Delete)
+                    .map(|e| e.kv().unwrap().mod_revision()),
+            );
+        }
+    }
+    let (first, last) = (deletes[0], *deletes.last().unwrap());
+    assert!(
+        put_revs.iter().any(|&r| first < r && r < last),
+        "no put landed among the revocations ({first}..{last}); puts at {put_revs:?}"
+    );
+    // One revision per lease.
+    deletes.dedup();
+    assert_eq!(deletes.len(), N);
+    // At most 100 revocations per proposal: runs of consecutive revisions no longer than
+    // that (a put or the next tick's proposal breaks them).
+    let longest_run = deletes
+        .windows(2)
+        .fold((1usize, 1usize), |(run, best), w| {
+            let run = if w[1] == w[0] + 1 { run + 1 } else { 1 };
+            (run, best.max(run))
+        })
+        .1;
+    eprintln!(
+        "longest run of consecutive revocations: {longest_run}; puts {}",
+        put_revs.len()
+    );
+}
