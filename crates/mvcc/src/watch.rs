@@ -235,6 +235,8 @@ struct OutboxState {
     blocked: bool,
     /// The gRPC side waits for room to read the next request.
     room_wanted: bool,
+    /// The store stopped; the stream should end once drained.
+    closed: bool,
 }
 
 impl Outbox {
@@ -305,8 +307,25 @@ impl Outbox {
         }
     }
 
-    fn mark_blocked(&self) {
-        self.state.lock().expect("outbox lock").blocked = true;
+    /// Whether more may be queued; if not, marks the outbox so that draining it wakes
+    /// the sync thread (one lock: a drain cannot slip in between).
+    fn has_room_or_mark_blocked(&self) -> bool {
+        let mut st = self.state.lock().expect("outbox lock");
+        if st.bytes < self.limit {
+            return true;
+        }
+        st.blocked = true;
+        false
+    }
+
+    /// The store stopped: no more responses will come.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().expect("outbox lock").closed
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("outbox lock").closed = true;
+        (self.on_data)();
     }
 }
 
@@ -341,6 +360,16 @@ fn out_size(out: &Out) -> usize {
     }
 }
 
+/// What a sync pass needs of a watcher, copied so it can filter without the lock.
+struct Chosen {
+    gid: u64,
+    next_rev: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    filter_put: bool,
+    filter_delete: bool,
+}
+
 /// One watcher.
 struct Watcher {
     stream: u64,
@@ -361,10 +390,6 @@ impl Watcher {
             EventKind::Put => !self.opts.filter_put,
             EventKind::Delete => !self.opts.filter_delete,
         }
-    }
-
-    fn range(&self) -> KeyRange<'_> {
-        KeyRange::new(&self.key, &self.range_end)
     }
 }
 
@@ -476,7 +501,9 @@ impl Inner {
 
 /// Pushes `events` (whole revisions, in order) for watcher `w`, split at revision
 /// boundaries into responses of about `max_bytes`. The last response carries `upto`.
-fn deliver(outbox: &Outbox, w: &Watcher, events: EventList, upto: i64, max_bytes: usize) {
+/// Stops early, at a revision boundary, once the outbox is full; returns the revision up
+/// to which the watcher now has everything (`upto` when all went out).
+fn deliver(outbox: &Outbox, w: &Watcher, events: EventList, upto: i64, max_bytes: usize) -> i64 {
     let prev_kv = w.opts.prev_kv;
     let push = |events: EventList, revision: i64| {
         outbox.push(Out::Events {
@@ -490,7 +517,8 @@ fn deliver(outbox: &Outbox, w: &Watcher, events: EventList, upto: i64, max_bytes
     let total: usize = events.iter().map(|e| event_size(e, prev_kv)).sum();
     if total < max_bytes {
         // The common case: the list goes out whole, shared with other watchers.
-        return push(events, upto);
+        push(events, upto);
+        return upto;
     }
     let mut start = 0;
     let mut bytes = 0;
@@ -503,11 +531,15 @@ fn deliver(outbox: &Outbox, w: &Watcher, events: EventList, upto: i64, max_bytes
             push(events[start..=i].iter().cloned().collect(), rev);
             start = i + 1;
             bytes = 0;
+            if !outbox.has_room_or_mark_blocked() {
+                return rev;
+            }
         }
     }
     if start < events.len() {
         push(events[start..].iter().cloned().collect(), upto);
     }
+    upto
 }
 
 /// The events of `list` (indexes into `events`) that watcher `w` gets: the shared list
@@ -605,7 +637,12 @@ impl<B: Backend> WatchableStore<B> {
 
     /// Stops the sync thread.
     pub fn stop(&self) {
-        self.lock().stopped = true;
+        let mut inner = self.lock();
+        inner.stopped = true;
+        for s in inner.streams.values() {
+            s.outbox.close();
+        }
+        drop(inner);
         self.kicker.kick();
     }
 
@@ -707,13 +744,15 @@ impl<B: Backend> WatchableStore<B> {
                     continue;
                 };
                 let outbox = &streams[&w.stream].outbox;
-                if outbox.has_room() {
+                if outbox.has_room_or_mark_blocked() {
                     delivered += mine.len() as u64;
-                    deliver(outbox, w, mine, revision, self.config.response_bytes);
-                    w.next_rev = revision + 1;
+                    let upto = deliver(outbox, w, mine, revision, self.config.response_bytes);
+                    w.next_rev = upto + 1;
                     w.active = true;
+                    if upto < revision {
+                        victims.push(*gid);
+                    }
                 } else {
-                    outbox.mark_blocked();
                     victims.push(*gid);
                 }
             }
@@ -735,17 +774,20 @@ impl<B: Backend> WatchableStore<B> {
     pub fn restored(&self) {
         let mut inner = self.lock();
         let before = inner.rev;
+        let after = inner.rev.max(self.kv.current_revision());
+        // A watcher waiting for a revision beyond the new one stays synced: notify will
+        // give it everything from there.
         let synced: Vec<u64> = inner
             .watchers
             .iter()
-            .filter(|(_, w)| w.synced)
+            .filter(|(_, w)| w.synced && w.next_rev.max(before + 1) <= after)
             .map(|(&gid, _)| gid)
             .collect();
         for gid in synced {
             inner.make_unsynced(gid, before + 1);
             self.stats.slow_watchers.fetch_add(1, Ordering::Relaxed);
         }
-        inner.rev = inner.rev.max(self.kv.current_revision());
+        inner.rev = after;
         drop(inner);
         self.kicker.kick();
     }
@@ -755,6 +797,8 @@ impl<B: Backend> WatchableStore<B> {
     /// delivers them. Returns whether another pass right away would do more.
     fn sync_pass(&self) -> bool {
         let compact = self.kv.compact_revision();
+        // 1. Under the lock: cancel the compacted, choose watchers with room, and copy
+        //    what filtering needs.
         let (chosen, from, to) = {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -771,6 +815,16 @@ impl<B: Backend> WatchableStore<B> {
                 self.cancel_compacted(inner, gid, compact);
             }
             let rev = inner.rev;
+            // Waiting for a revision not reached yet: notify serves them from there.
+            let ahead: Vec<u64> = inner
+                .unsynced
+                .iter()
+                .copied()
+                .filter(|gid| inner.watchers[gid].next_rev > rev)
+                .collect();
+            for gid in ahead {
+                self.resync(inner, gid);
+            }
             let mut chosen = Vec::new();
             let mut from = i64::MAX;
             for &gid in &inner.unsynced {
@@ -778,12 +832,17 @@ impl<B: Backend> WatchableStore<B> {
                     break;
                 }
                 let w = &inner.watchers[&gid];
-                let outbox = &inner.streams[&w.stream].outbox;
-                if !outbox.has_room() {
-                    outbox.mark_blocked();
+                if !inner.streams[&w.stream].outbox.has_room_or_mark_blocked() {
                     continue;
                 }
-                chosen.push(gid);
+                chosen.push(Chosen {
+                    gid,
+                    next_rev: w.next_rev,
+                    key: w.key.clone(),
+                    range_end: w.range_end.clone(),
+                    filter_put: w.opts.filter_put,
+                    filter_delete: w.opts.filter_delete,
+                });
                 from = from.min(w.next_rev);
             }
             if chosen.is_empty() {
@@ -792,6 +851,7 @@ impl<B: Backend> WatchableStore<B> {
             let to = rev.min(from.saturating_add(self.config.revisions_per_sync - 1));
             (chosen, from, to)
         };
+        // 2. Without the lock: read the history and pick each watcher's events.
         let events = if from <= to {
             match self.kv.view().and_then(|view| view.events(from, to)) {
                 Ok(events) => events,
@@ -809,47 +869,59 @@ impl<B: Backend> WatchableStore<B> {
             .into_iter()
             .map(|e| Arc::new(WatchEvent::new(e)))
             .collect();
+        let picked: Vec<(Chosen, EventList)> = chosen
+            .into_iter()
+            .filter(|c| c.next_rev <= to + 1)
+            .map(|c| {
+                let range = KeyRange::new(&c.key, &c.range_end);
+                let mine: EventList = events
+                    .iter()
+                    .filter(|e| {
+                        e.kv.mod_revision >= c.next_rev
+                            && range.contains(&e.kv.key)
+                            && match e.kind {
+                                EventKind::Put => !c.filter_put,
+                                EventKind::Delete => !c.filter_delete,
+                            }
+                    })
+                    .cloned()
+                    .collect();
+                (c, mine)
+            })
+            .collect();
+        // 3. Under the lock: deliver to the watchers that did not change meanwhile.
         let mut guard = self.lock();
         let inner = &mut *guard;
         let rev = inner.rev;
         let mut progressed = false;
         let mut streams_touched = HashSet::new();
-        for gid in chosen {
-            let Some(w) = inner.watchers.get(&gid) else {
+        for (c, mine) in picked {
+            let Some(w) = inner.watchers.get(&c.gid) else {
                 continue;
             };
-            if w.synced || w.next_rev > to + 1 {
+            if w.synced || w.next_rev != c.next_rev {
                 continue;
             }
             let outbox = inner.streams[&w.stream].outbox.clone();
-            if !outbox.has_room() {
-                outbox.mark_blocked();
+            if !outbox.has_room_or_mark_blocked() {
                 continue;
             }
-            let range = w.range();
-            let mine: EventList = events
-                .iter()
-                .filter(|e| {
-                    e.kv.mod_revision >= w.next_rev && range.contains(&e.kv.key) && w.wants(e)
-                })
-                .cloned()
-                .collect();
             let delivered = !mine.is_empty();
-            if delivered {
+            let upto = if delivered {
                 self.stats
                     .events_delivered
                     .fetch_add(mine.len() as u64, Ordering::Relaxed);
-                deliver(&outbox, w, mine, to, self.config.response_bytes);
-            }
+                deliver(&outbox, w, mine, to, self.config.response_bytes)
+            } else {
+                to
+            };
             let stream = w.stream;
-            let w = inner.watchers.get_mut(&gid).expect("present");
-            w.next_rev = w.next_rev.max(to + 1);
+            let w = inner.watchers.get_mut(&c.gid).expect("present");
+            w.next_rev = w.next_rev.max(upto + 1);
             w.active |= delivered;
             progressed = true;
             if w.next_rev > rev {
-                inner.unsynced.remove(&gid);
-                inner.add_synced(gid);
-                self.stats.slow_watchers.fetch_sub(1, Ordering::Relaxed);
+                self.resync(inner, c.gid);
                 streams_touched.insert(stream);
             }
         }
@@ -857,6 +929,14 @@ impl<B: Backend> WatchableStore<B> {
             inner.flush_deferred_progress(stream);
         }
         progressed && !inner.unsynced.is_empty()
+    }
+
+    /// Moves an unsynced watcher back to synced.
+    fn resync(&self, inner: &mut Inner, gid: u64) {
+        if inner.unsynced.remove(&gid) {
+            inner.add_synced(gid);
+            self.stats.slow_watchers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn cancel_compacted(&self, inner: &mut Inner, gid: u64, compact: i64) {
@@ -1026,7 +1106,9 @@ impl<B: Backend> WatchStream<B> {
             if !w.opts.progress_notify {
                 continue;
             }
-            if w.synced && !std::mem::take(&mut w.active) {
+            // A full outbox skips the tick (as etcd drops it): a stalled client's queue
+            // must not grow with notifications.
+            if w.synced && outbox.has_room() && !std::mem::take(&mut w.active) {
                 outbox.push(Out::Progress {
                     watch_id: w.id,
                     revision: rev,

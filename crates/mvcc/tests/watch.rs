@@ -563,3 +563,107 @@ fn after_a_snapshot_restore_watchers_catch_up_from_the_new_store() {
             .to_vec()
     );
 }
+
+#[test]
+fn a_future_start_survives_a_snapshot_restore_synced() {
+    let env = Env::new(WatchConfig::default());
+    let c = env.client();
+    c.watch("k", "", 1_000);
+    let leader = Arc::new(KvStore::open(MemBackend::new()).unwrap());
+    for v in ["1", "2"] {
+        let mut batch = leader.begin_batch().unwrap();
+        batch.txn().put(b"k", v.as_bytes(), 0).unwrap();
+        batch.commit().unwrap();
+    }
+    let mut image = Vec::new();
+    {
+        use retcd_backend::{Backend, ReadTx};
+        leader
+            .backend()
+            .begin_read()
+            .unwrap()
+            .write_snapshot(&mut image)
+            .unwrap();
+    }
+    env.kv.restore_snapshot(&mut image.as_slice()).unwrap();
+    env.ws.restored();
+    // Still synced: a progress request is answered at once, and nothing is slow.
+    c.stream.request_progress();
+    assert_eq!(
+        c.next(),
+        Out::Progress {
+            watch_id: INVALID_WATCH_ID,
+            revision: 3
+        }
+    );
+    assert_eq!(env.ws.stats().slow_watchers.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn progress_ticks_do_not_grow_a_stalled_outbox() {
+    let limit = 4 * 1024;
+    let env = Env::new(WatchConfig {
+        outbox_limit_bytes: limit,
+        ..WatchConfig::default()
+    });
+    let c = env.client();
+    for i in 0..200 {
+        c.stream.create(WatchOptions {
+            key: format!("idle/{i}").into(),
+            progress_notify: true,
+            ..WatchOptions::default()
+        });
+    }
+    // The created responses alone fill the outbox (the gRPC side stops reading requests
+    // then); ticks must add nothing more.
+    let before = c.stream.outbox().queued_bytes();
+    assert!(before >= limit);
+    for _ in 0..50 {
+        c.stream.progress_tick();
+    }
+    assert_eq!(
+        c.stream.outbox().queued_bytes(),
+        before,
+        "progress ticks grew the queue"
+    );
+}
+
+#[test]
+fn a_catch_up_stops_at_the_outbox_limit() {
+    let limit = 16 * 1024;
+    let env = Env::new(WatchConfig {
+        outbox_limit_bytes: limit,
+        response_bytes: 2 * 1024,
+        ..WatchConfig::default()
+    });
+    let value = "x".repeat(500);
+    for i in 0..500 {
+        env.put(&format!("h/{i}"), &value);
+    }
+    let c = env.client();
+    let id = c.watch("h/", "h0", 1);
+    // Let the sync thread fill the outbox, then look: bounded by the limit plus one
+    // response, though 250 KB of history is waiting.
+    let mut last = 1;
+    let mut got = 0;
+    while got < 500 {
+        let queued = c.stream.outbox().queued_bytes();
+        assert!(
+            queued <= limit + 4 * 1024,
+            "{queued} bytes queued during catch-up"
+        );
+        match c.next() {
+            Out::Events {
+                watch_id, events, ..
+            } => {
+                assert_eq!(watch_id, id);
+                for e in events.iter() {
+                    assert_eq!(e.kv.mod_revision, last + 1);
+                    last = e.kv.mod_revision;
+                    got += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -50,8 +50,10 @@ use crate::raft_node::{NodeHandle, Shared};
 /// Responses taken from the outbox at once; within them, a watcher's consecutive event
 /// responses are merged (see [`coalesce`]).
 const SEND_BATCH: usize = 256;
-/// Merged responses stop growing at this many events.
+/// Merged responses stop growing at this many events, or about this many bytes (below
+/// tonic clients' default 4 MiB message limit).
 const MERGE_MAX_EVENTS: usize = 512;
+const MERGE_MAX_BYTES: usize = 1 << 20;
 
 /// etcd's `minWatchProgressInterval`.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -332,6 +334,9 @@ async fn receive(
     let mut leader_check = tokio::time::interval(leader_check_every);
     let mut leaderless_since: Option<Instant> = None;
     let mut half_closed = false;
+    // Backpressure: after a request, the next one waits until the client has read
+    // enough of the outbox (the other branches go on meanwhile).
+    let mut waiting_for_room = false;
     loop {
         tokio::select! {
             _ = &mut closed => break,
@@ -347,21 +352,18 @@ async fn receive(
                     }
                 }
             }
-            msg = inbound.message(), if !half_closed => match msg {
+            _ = room.notified(), if waiting_for_room => {
+                waiting_for_room = !ss.stream.outbox().has_room_or_notify();
+            }
+            msg = inbound.message(), if !half_closed && !waiting_for_room => match msg {
                 Ok(Some(req)) => {
                     handle(&ss.stream, req);
-                    // Backpressure: the next request waits for the client to read.
-                    while !ss.stream.outbox().has_room_or_notify() {
-                        tokio::select! {
-                            _ = room.notified() => {}
-                            _ = &mut closed => return,
-                        }
-                    }
+                    waiting_for_room = !ss.stream.outbox().has_room_or_notify();
                 }
                 // The client closed its side; it may still read (etcd keeps serving).
                 Ok(None) => half_closed = true,
-                Err(_) => {
-                    ss.end(None);
+                Err(status) => {
+                    ss.end(Some(status));
                     break;
                 }
             },
@@ -424,6 +426,10 @@ impl Sender {
                     .expect("watch stream end lock")
                     .take()
                     .map(Err);
+            }
+            if self.ss.stream.outbox().is_closed() {
+                // The member stopped: end the stream as etcd does when it shuts down.
+                return Some(Err(RequestError::from(EtcdError::Stopped).into()));
             }
             self.ss.data.notified().await;
         }
@@ -500,8 +506,21 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
     let mut out: Vec<Out> = Vec::with_capacity(batch.len());
     // Events merged into out[i], beyond its own, when any.
     let mut merged: Vec<Option<Vec<Arc<WatchEvent>>>> = Vec::with_capacity(batch.len());
-    // Watch id -> index in `out` of its open event response, and its event count.
-    let mut open: HashMap<i64, (usize, usize)> = HashMap::new();
+    // Watch id -> index in `out` of its open event response, its events and bytes.
+    let mut open: HashMap<i64, (usize, usize, usize)> = HashMap::new();
+    let size = |events: &EventList| -> usize {
+        events
+            .iter()
+            .map(|e| {
+                e.kv.key.len()
+                    + e.kv.value.len()
+                    + e.prev_kv
+                        .as_ref()
+                        .map_or(0, |p| p.key.len() + p.value.len())
+                    + 48
+            })
+            .sum()
+    };
     for item in batch {
         match item {
             Out::Events {
@@ -510,7 +529,7 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
                 events,
                 ..
             } if open.contains_key(&watch_id) => {
-                let (i, count) = open.get_mut(&watch_id).expect("checked");
+                let (i, count, bytes) = open.get_mut(&watch_id).expect("checked");
                 let Out::Events {
                     revision: merged_rev,
                     events: first,
@@ -524,7 +543,8 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
                     .get_or_insert_with(|| first.to_vec())
                     .extend(events.iter().cloned());
                 *count += events.len();
-                if *count >= MERGE_MAX_EVENTS {
+                *bytes += size(&events);
+                if *count >= MERGE_MAX_EVENTS || *bytes >= MERGE_MAX_BYTES {
                     open.remove(&watch_id);
                 }
             }
@@ -533,7 +553,10 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
                 ref events,
                 ..
             } => {
-                open.insert(watch_id, (out.len(), events.len()));
+                let bytes = size(events);
+                if events.len() < MERGE_MAX_EVENTS && bytes < MERGE_MAX_BYTES {
+                    open.insert(watch_id, (out.len(), events.len(), bytes));
+                }
                 out.push(item);
                 merged.push(None);
             }
