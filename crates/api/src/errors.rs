@@ -166,6 +166,9 @@ etcd_errors! {
     ElectionNotLeader => Unknown, "election: not leader";
     /// Proclaim or Resign without the `leader` field.
     ElectionMissingLeaderKey => Unknown, "\"leader\" field must be provided";
+    /// Lock or Campaign whose own key went (its lease expired or was revoked) while it
+    /// waited (clientv3/concurrency's `ErrSessionExpired`).
+    SessionExpired => Unknown, "session: session is expired";
 }
 
 impl EtcdError {
@@ -534,6 +537,11 @@ mod tests {
             EtcdError::ElectionMissingLeaderKey,
             Code::Unknown,
             "\"leader\" field must be provided",
+        ),
+        (
+            EtcdError::SessionExpired,
+            Code::Unknown,
+            "session: session is expired",
         ),
     ];
 

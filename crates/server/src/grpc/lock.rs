@@ -1,16 +1,314 @@
-//! The Lock service (`v3lockpb`). Not implemented yet (it needs leases).
+//! The Lock service (`v3lockpb`), on the server as etcd's `v3lock` (which runs
+//! clientv3/concurrency's Mutex inside the server).
+//!
+//! Lock(name, lease): the caller's key is `<name>/<lease in lowercase hex>`, created with
+//! the lease by a Txn (or found, if this lease already asked). Its create revision orders
+//! the waiters: the caller owns the lock once no key under `<name>/` has a lower create
+//! revision. It waits on the newest older key only, until that key is deleted, then
+//! looks again (no herd). Before answering it checks that its own key still exists: a
+//! waiter whose lease expired or was revoked meanwhile is never granted
+//! (`session: session is expired`). If the caller goes away while waiting, its key is
+//! deleted. Lease 0 gets a fresh 60 s lease that nobody keeps alive (etcd's session
+//! default, orphaned as etcd's server does). The response header is the one of the Txn
+//! that created the key, as etcd's.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use retcd_api::errors::EtcdError;
+use retcd_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, InternalRaftRequest, LeaseGrantRequest, PutRequest, RangeRequest,
+    RequestOp, ResponseHeader, TxnRequest, compare, range_request, request_op, response_op,
+};
 use retcd_api::v3lockpb::{
     LockRequest, LockResponse, UnlockRequest, UnlockResponse, lock_server::Lock,
 };
+use retcd_mvcc::watch::Out;
+use retcd_mvcc::{EventKind, WatchOptions};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
 
-use super::unimplemented_service;
+use crate::apply::{self, ApplyResponse};
+use crate::errors::RequestError;
+use crate::lease;
+use crate::raft_node::NodeHandle;
 
-pub struct LockService;
+/// TTL of the lease granted for a Lock without one (clientv3/concurrency's default).
+const SESSION_TTL: i64 = 60;
 
-unimplemented_service! {
-    LockService, Lock;
-    []
-    lock(LockRequest) -> LockResponse;
-    unlock(UnlockRequest) -> UnlockResponse;
+pub struct LockService {
+    node: Arc<NodeHandle>,
+    min_ttl: i64,
+}
+
+impl LockService {
+    pub fn new(node: Arc<NodeHandle>, min_ttl: i64) -> Self {
+        LockService { node, min_ttl }
+    }
+
+    async fn lock_inner(&self, req: Request<LockRequest>) -> Result<LockResponse, RequestError> {
+        let r = req.into_inner();
+        let lease = if r.lease == 0 {
+            grant_session(&self.node, self.min_ttl).await?
+        } else {
+            r.lease
+        };
+        let prefix = [r.name.as_ref(), b"/"].concat();
+        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        let (header, my_rev) = create_or_get(&self.node, &key, Bytes::new(), lease).await?;
+        let mut guard = DeleteOnDrop {
+            node: self.node.clone(),
+            key: Some(key.clone()),
+        };
+        wait_for_older(&self.node, &prefix, my_rev).await?;
+        if own_create_revision(&self.node, &key).await? != Some(my_rev) {
+            guard.key = None;
+            return Err(EtcdError::SessionExpired.into());
+        }
+        guard.key = None;
+        Ok(LockResponse {
+            header: Some(self.node.shared().header(Some(header.revision))),
+            key: Bytes::from(key),
+        })
+    }
+
+    async fn unlock_inner(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<UnlockResponse, RequestError> {
+        let key = req.into_inner().key;
+        let revision = delete_key(&self.node, key).await?;
+        Ok(UnlockResponse {
+            header: Some(self.node.shared().header(Some(revision))),
+        })
+    }
+}
+
+/// A lease for a caller that brought none.
+pub(crate) async fn grant_session(node: &NodeHandle, min_ttl: i64) -> Result<i64, RequestError> {
+    let mut id = 0;
+    while id == 0 {
+        id = (node.new_id() & (i64::MAX as u64)) as i64;
+    }
+    let out = node
+        .propose(InternalRaftRequest {
+            lease_grant: Some(LeaseGrantRequest {
+                ttl: SESSION_TTL.max(min_ttl),
+                id,
+            }),
+            wall_clock_ms: lease::wall_clock_ms(),
+            ..Default::default()
+        })
+        .await?;
+    match out {
+        ApplyResponse::LeaseGrant(g) => Ok(g.id),
+        other => Err(RequestError::Internal(format!(
+            "lease grant answered {other:?}"
+        ))),
+    }
+}
+
+/// Creates `key` with `lease` unless it exists; returns the Txn's header and the key's
+/// create revision.
+pub(crate) async fn create_or_get(
+    node: &NodeHandle,
+    key: &[u8],
+    value: Bytes,
+    lease: i64,
+) -> Result<(ResponseHeader, i64), RequestError> {
+    let key = Bytes::copy_from_slice(key);
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: key.clone(),
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            range_end: Bytes::new(),
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value,
+                lease,
+                ..Default::default()
+            })),
+        }],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            })),
+        }],
+    };
+    let out = node
+        .propose(InternalRaftRequest {
+            txn: Some(txn),
+            ..Default::default()
+        })
+        .await?;
+    let ApplyResponse::Txn(resp) = out else {
+        return Err(RequestError::Internal(format!("txn answered {out:?}")));
+    };
+    let header = resp.header.unwrap_or_default();
+    if resp.succeeded {
+        return Ok((header, header.revision));
+    }
+    let existing = resp.responses.into_iter().find_map(|r| match r.response {
+        Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+        _ => None,
+    });
+    match existing {
+        Some(kv) => Ok((header, kv.create_revision)),
+        // Created and gone between the compare and now: the caller's lease is gone.
+        None => Err(EtcdError::SessionExpired.into()),
+    }
+}
+
+/// Linearizable range under `prefix`, newest create revision at or below `max_create`
+/// first, one key: the key a waiter at `max_create + 1` waits on.
+async fn newest_older(
+    node: &NodeHandle,
+    prefix: &[u8],
+    max_create: i64,
+) -> Result<Option<(Bytes, i64)>, RequestError> {
+    node.read_index().await?;
+    let shared = node.shared();
+    let req = RangeRequest {
+        key: Bytes::copy_from_slice(prefix),
+        range_end: Bytes::from(prefix_end(prefix)),
+        limit: 1,
+        sort_order: range_request::SortOrder::Descend as i32,
+        sort_target: range_request::SortTarget::Create as i32,
+        max_create_revision: max_create,
+        ..Default::default()
+    };
+    let view = shared.kv.view()?;
+    let resp = apply::execute_range(&view, &req, &shared.metrics)?;
+    let at = resp.header.map_or(view.revision(), |h| h.revision);
+    Ok(resp.kvs.into_iter().next().map(|kv| (kv.key, at)))
+}
+
+/// Waits until no key under `prefix` was created before `my_rev`, one key at a time.
+pub(crate) async fn wait_for_older(
+    node: &NodeHandle,
+    prefix: &[u8],
+    my_rev: i64,
+) -> Result<(), RequestError> {
+    while let Some((older, at)) = newest_older(node, prefix, my_rev - 1).await? {
+        wait_delete(node, &older, at + 1).await;
+    }
+    Ok(())
+}
+
+/// Waits for a DELETE of `key` at or after `from` (a compaction cancel also returns:
+/// the caller looks again).
+async fn wait_delete(node: &NodeHandle, key: &[u8], from: i64) {
+    let data = Arc::new(Notify::new());
+    let stream = node.shared().watch.open_stream(
+        Box::new({
+            let data = data.clone();
+            move || data.notify_one()
+        }),
+        Box::new(|| {}),
+    );
+    stream.create(WatchOptions {
+        key: key.to_vec(),
+        start_revision: from,
+        filter_put: true,
+        ..WatchOptions::default()
+    });
+    loop {
+        while let Some(out) = stream.outbox().pop() {
+            match out {
+                Out::Events { events, .. } => {
+                    if events.iter().any(|e| e.kind == EventKind::Delete) {
+                        return;
+                    }
+                }
+                Out::Canceled { .. } => return,
+                Out::Created {
+                    cancel_reason: Some(_),
+                    ..
+                } => return,
+                Out::Created { .. } | Out::Progress { .. } => {}
+            }
+        }
+        if stream.outbox().is_closed() {
+            return;
+        }
+        data.notified().await;
+    }
+}
+
+/// The create revision of `key` now (linearizable), if it exists.
+pub(crate) async fn own_create_revision(
+    node: &NodeHandle,
+    key: &[u8],
+) -> Result<Option<i64>, RequestError> {
+    node.read_index().await?;
+    let shared = node.shared();
+    let r = shared
+        .kv
+        .range(key, b"", retcd_mvcc::RangeOptions::default())?;
+    Ok(r.kvs.first().map(|kv| kv.create_revision))
+}
+
+/// Deletes `key`; returns the revision after.
+pub(crate) async fn delete_key(node: &NodeHandle, key: Bytes) -> Result<i64, RequestError> {
+    let out = node
+        .propose(InternalRaftRequest {
+            delete_range: Some(DeleteRangeRequest {
+                key,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    match out {
+        ApplyResponse::DeleteRange(d) => Ok(d.header.map_or(0, |h| h.revision)),
+        other => Err(RequestError::Internal(format!("delete answered {other:?}"))),
+    }
+}
+
+/// etcd's prefix end: the prefix with its last byte below 0xff incremented.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Deletes a waiter's key if its call goes away before it is answered.
+pub(crate) struct DeleteOnDrop {
+    pub node: Arc<NodeHandle>,
+    pub key: Option<Vec<u8>>,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                let _ = delete_key(&node, Bytes::from(key)).await;
+            });
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        Ok(Response::new(self.lock_inner(req).await?))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        Ok(Response::new(self.unlock_inner(req).await?))
+    }
 }
