@@ -1,24 +1,321 @@
-//! The Election service (`v3electionpb`). Not implemented yet (it needs leases and
-//! watches).
+//! The Election service (`v3electionpb`), on the server as etcd's `v3election` (which
+//! runs clientv3/concurrency's Election inside the server).
+//!
+//! Candidates queue exactly as lock waiters do (see `lock.rs`): each campaign's key is
+//! `<name>/<lease in hex>` holding its proposal, and the key with the lowest create
+//! revision leads. Campaign returns once the caller leads; Proclaim rewrites the
+//! leader's value if its key still has the campaign's create revision ("election: not
+//! leader" otherwise); Resign deletes it under the same condition; Leader reads the
+//! lowest key ("election: no leader" if none); Observe streams the leader's key-value
+//! each time the leader or its value changes, from the watchable store.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use retcd_api::errors::EtcdError;
+use retcd_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, InternalRaftRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, compare, range_request, request_op,
+};
+use retcd_api::mvccpb;
 use retcd_api::v3electionpb::{
-    CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse, election_server::Election,
 };
+use retcd_mvcc::WatchOptions;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
 
-use super::unimplemented_service;
+use super::lock::{
+    DeleteOnDrop, create_or_get, grant_session, own_create_revision, wait_for_older,
+};
+use crate::apply::{self, ApplyResponse};
+use crate::errors::RequestError;
+use crate::raft_node::NodeHandle;
 
-pub struct ElectionService;
+pub struct ElectionService {
+    node: Arc<NodeHandle>,
+    min_ttl: i64,
+}
 
-unimplemented_service! {
-    ElectionService, Election;
-    [
+fn prefix_of(name: &[u8]) -> Vec<u8> {
+    [name, b"/"].concat()
+}
+
+fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    Bytes::from_static(&[0])
+}
+
+/// The leader's key-value under `prefix`: the lowest create revision (serializable, on
+/// this member's applied state).
+fn leader_kv(node: &NodeHandle, prefix: &[u8]) -> Result<Option<mvccpb::KeyValue>, RequestError> {
+    let shared = node.shared();
+    let req = RangeRequest {
+        key: Bytes::copy_from_slice(prefix),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: range_request::SortOrder::Ascend as i32,
+        sort_target: range_request::SortTarget::Create as i32,
+        ..Default::default()
+    };
+    let view = shared.kv.view()?;
+    let resp = apply::execute_range(&view, &req, &shared.metrics)?;
+    Ok(resp.kvs.into_iter().next())
+}
+
+fn leader_guard(leader: &LeaderKey) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: leader.key.clone(),
+        target_union: Some(compare::TargetUnion::CreateRevision(leader.rev)),
+        range_end: Bytes::new(),
+    }
+}
+
+impl ElectionService {
+    pub fn new(node: Arc<NodeHandle>, min_ttl: i64) -> Self {
+        ElectionService { node, min_ttl }
+    }
+
+    async fn txn(&self, txn: TxnRequest) -> Result<(bool, i64), RequestError> {
+        let out = self
+            .node
+            .propose(InternalRaftRequest {
+                txn: Some(txn),
+                ..Default::default()
+            })
+            .await?;
+        match out {
+            ApplyResponse::Txn(t) => Ok((t.succeeded, t.header.map_or(0, |h| h.revision))),
+            other => Err(RequestError::Internal(format!("txn answered {other:?}"))),
+        }
+    }
+
+    async fn proclaim_value(&self, leader: &LeaderKey, value: Bytes) -> Result<i64, RequestError> {
+        let (ok, revision) = self
+            .txn(TxnRequest {
+                compare: vec![leader_guard(leader)],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: leader.key.clone(),
+                        value,
+                        lease: leader.lease,
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            })
+            .await?;
+        if !ok {
+            return Err(EtcdError::ElectionNotLeader.into());
+        }
+        Ok(revision)
+    }
+
+    async fn campaign_inner(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<CampaignResponse, RequestError> {
+        let r = req.into_inner();
+        let lease = if r.lease == 0 {
+            grant_session(&self.node, self.min_ttl).await?
+        } else {
+            r.lease
+        };
+        let prefix = prefix_of(&r.name);
+        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        let (header, my_rev, created) =
+            create_or_get(&self.node, &key, r.value.clone(), lease).await?;
+        let mut guard = DeleteOnDrop {
+            node: self.node.clone(),
+            key: Some(key.clone()),
+        };
+        let leader = LeaderKey {
+            name: r.name.clone(),
+            key: Bytes::from(key.clone()),
+            rev: my_rev,
+            lease,
+        };
+        // A campaign that found its key (same lease again) takes the new value.
+        if !created {
+            self.proclaim_value(&leader, r.value.clone()).await?;
+        }
+        wait_for_older(&self.node, &prefix, my_rev).await?;
+        if own_create_revision(&self.node, &key).await? != Some(my_rev) {
+            guard.key = None;
+            return Err(EtcdError::SessionExpired.into());
+        }
+        guard.key = None;
+        Ok(CampaignResponse {
+            header: Some(self.node.shared().header(Some(header.revision))),
+            leader: Some(leader),
+        })
+    }
+
+    async fn proclaim_inner(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<ProclaimResponse, RequestError> {
+        let r = req.into_inner();
+        let leader = r.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
+        let revision = self.proclaim_value(&leader, r.value).await?;
+        Ok(ProclaimResponse {
+            header: Some(self.node.shared().header(Some(revision))),
+        })
+    }
+
+    async fn resign_inner(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<ResignResponse, RequestError> {
+        let leader = req
+            .into_inner()
+            .leader
+            .ok_or(EtcdError::ElectionMissingLeaderKey)?;
+        let (_, revision) = self
+            .txn(TxnRequest {
+                compare: vec![leader_guard(&leader)],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: leader.key.clone(),
+                            ..Default::default()
+                        },
+                    )),
+                }],
+                failure: vec![],
+            })
+            .await?;
+        Ok(ResignResponse {
+            header: Some(self.node.shared().header(Some(revision))),
+        })
+    }
+
+    async fn leader_inner(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<LeaderResponse, RequestError> {
+        self.node.read_index().await?;
+        let prefix = prefix_of(&req.into_inner().name);
+        let kv = leader_kv(&self.node, &prefix)?.ok_or(EtcdError::ElectionNoLeader)?;
+        Ok(LeaderResponse {
+            header: Some(self.node.shared().header(None)),
+            kv: Some(kv),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Election for ElectionService {
     type ObserveStream = BoxStream<LeaderResponse>;
-    ]
-    campaign(CampaignRequest) -> CampaignResponse;
-    proclaim(ProclaimRequest) -> ProclaimResponse;
-    leader(LeaderRequest) -> LeaderResponse;
-    observe(LeaderRequest) -> Self::ObserveStream;
-    resign(ResignRequest) -> ResignResponse;
+
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        Ok(Response::new(self.campaign_inner(req).await?))
+    }
+
+    async fn proclaim(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        Ok(Response::new(self.proclaim_inner(req).await?))
+    }
+
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        Ok(Response::new(self.leader_inner(req).await?))
+    }
+
+    /// Sends the leader's key-value now (if there is a leader) and at every change of
+    /// leader or value, until the client goes away.
+    async fn observe(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let node = self.node.clone();
+        node.read_index().await.map_err(Status::from)?;
+        let prefix = prefix_of(&req.into_inner().name);
+        let (tx, rx) = mpsc::channel::<Result<LeaderResponse, Status>>(16);
+        tokio::spawn(async move {
+            let data = Arc::new(Notify::new());
+            let stream = node.shared().watch.open_stream(
+                Box::new({
+                    let data = data.clone();
+                    move || data.notify_one()
+                }),
+                Box::new(|| {}),
+            );
+            stream.create(WatchOptions {
+                key: prefix.clone(),
+                range_end: prefix_end(&prefix).to_vec(),
+                ..WatchOptions::default()
+            });
+            let mut last: Option<(Bytes, i64)> = None;
+            loop {
+                // The watcher exists before this read, so no change after it is missed.
+                match leader_kv(&node, &prefix) {
+                    Ok(Some(kv)) => {
+                        let now = (kv.key.clone(), kv.mod_revision);
+                        if last.as_ref() != Some(&now) {
+                            last = Some(now);
+                            let resp = LeaderResponse {
+                                header: Some(node.shared().header(None)),
+                                kv: Some(kv),
+                            };
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+                // Wait for any change under the prefix, or the client leaving.
+                loop {
+                    let mut changed = false;
+                    while let Some(out) = stream.outbox().pop() {
+                        changed |= matches!(out, retcd_mvcc::watch::Out::Events { .. });
+                    }
+                    if changed {
+                        break;
+                    }
+                    if stream.outbox().is_closed() {
+                        let _ = tx
+                            .send(Err(RequestError::from(EtcdError::Stopped).into()))
+                            .await;
+                        return;
+                    }
+                    tokio::select! {
+                        _ = data.notified() => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        Ok(Response::new(self.resign_inner(req).await?))
+    }
 }

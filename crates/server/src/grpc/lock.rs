@@ -55,7 +55,7 @@ impl LockService {
         };
         let prefix = [r.name.as_ref(), b"/"].concat();
         let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
-        let (header, my_rev) = create_or_get(&self.node, &key, Bytes::new(), lease).await?;
+        let (header, my_rev, _) = create_or_get(&self.node, &key, Bytes::new(), lease).await?;
         let mut guard = DeleteOnDrop {
             node: self.node.clone(),
             key: Some(key.clone()),
@@ -108,14 +108,14 @@ pub(crate) async fn grant_session(node: &NodeHandle, min_ttl: i64) -> Result<i64
     }
 }
 
-/// Creates `key` with `lease` unless it exists; returns the Txn's header and the key's
-/// create revision.
+/// Creates `key` with `lease` unless it exists; returns the Txn's header, the key's
+/// create revision, and whether this call created it.
 pub(crate) async fn create_or_get(
     node: &NodeHandle,
     key: &[u8],
     value: Bytes,
     lease: i64,
-) -> Result<(ResponseHeader, i64), RequestError> {
+) -> Result<(ResponseHeader, i64, bool), RequestError> {
     let key = Bytes::copy_from_slice(key);
     let txn = TxnRequest {
         compare: vec![Compare {
@@ -151,14 +151,14 @@ pub(crate) async fn create_or_get(
     };
     let header = resp.header.unwrap_or_default();
     if resp.succeeded {
-        return Ok((header, header.revision));
+        return Ok((header, header.revision, true));
     }
     let existing = resp.responses.into_iter().find_map(|r| match r.response {
         Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
         _ => None,
     });
     match existing {
-        Some(kv) => Ok((header, kv.create_revision)),
+        Some(kv) => Ok((header, kv.create_revision, false)),
         // Created and gone between the compare and now: the caller's lease is gone.
         None => Err(EtcdError::SessionExpired.into()),
     }

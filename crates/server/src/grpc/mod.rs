@@ -1,7 +1,7 @@
 //! The gRPC services, one file per service (as etcd's `v3rpc`), and the router that
 //! serves them all.
 //!
-//! KV, Watch, Lease, Lock, Cluster and Maintenance are implemented; Auth and Election
+//! KV, Watch, Lease, Lock, Election, Cluster and Maintenance are implemented; Auth
 //! answer `Unimplemented` until their issues land, so clients get a clear error instead
 //! of a hang. Every service accepts requests up to `--max-request-bytes` plus 512 KiB of
 //! gRPC decoding (larger ones fail with `ResourceExhausted` before any handler runs);
@@ -219,6 +219,9 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
         LockServer,
         lock::LockService::new(node.clone(), limits.min_lease_ttl)
     ))
-    .add_service(limited!(ElectionServer, election::ElectionService))
+    .add_service(limited!(
+        ElectionServer,
+        election::ElectionService::new(node.clone(), limits.min_lease_ttl)
+    ))
     .add_service(limited!(HealthServer, health::HealthService::new(node)))
 }
