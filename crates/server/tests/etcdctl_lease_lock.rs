@@ -1,0 +1,183 @@
+//! Differential test of `etcdctl lease ...` and `etcdctl lock`: the same session against a
+//! real etcd 3.4.23 and retcd must print the same thing after normalizing lease ids (each
+//! server draws its own) and the remaining TTL (a second either way is timing). Needs
+//! `etcd` and `etcdctl` on PATH; skips with a printed reason otherwise.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Retcd, free_port, http_get};
+
+fn runs(bin: &str, args: &[&str]) -> bool {
+    Command::new(bin)
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Etcd {
+    child: Child,
+    port: u16,
+}
+
+impl Etcd {
+    fn start(dir: &std::path::Path) -> Etcd {
+        let port = free_port();
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new("etcd")
+            .args(["--name", "lease-test", "--data-dir"])
+            .arg(dir.join("etcd-data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("lease-test={peer}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        let etcd = Etcd { child, port };
+        let start = Instant::now();
+        while !matches!(http_get(port, "/health"), Ok((200, _))) {
+            assert!(start.elapsed() < DEADLINE, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs etcdctl (bounded by its own command timeout); exit code, stdout and the stderr
+/// lines that are not client-side logs.
+fn etcdctl(port: u16, args: &[&str]) -> (String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=127.0.0.1:{port}"))
+        .args(["--dial-timeout=5s", "--command-timeout=10s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etcdctl");
+    let stderr: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\":"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = format!(
+        "$ etcdctl {}\nexit {}\n{stdout}{stderr}",
+        args.join(" "),
+        out.status.code().map_or(-1, |c| c)
+    );
+    (normalize(&text), stdout)
+}
+
+/// Lease ids (runs of 12 or more hex digits) become `<ID>`; `remaining(Ns)` loses N.
+fn normalize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.len() >= 12 && word.chars().all(|c| c.is_ascii_hexdigit()) {
+            out.push_str("<ID>");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    let mut result = String::new();
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("remaining(") {
+        let j = i + "remaining(".len();
+        result.push_str(&rest[..j]);
+        rest = rest[j..].trim_start_matches(|c: char| c.is_ascii_digit());
+        result.push('N');
+    }
+    result.push_str(rest);
+    result
+}
+
+#[test]
+fn normalization() {
+    assert_eq!(
+        normalize("lease 694d7f3a1b2c3d4e granted with TTL(100s), remaining(99s)"),
+        "lease <ID> granted with TTL(100s), remaining(Ns)"
+    );
+}
+
+/// The session: lease commands with their errors, then a lock with a command.
+fn session(port: u16) -> String {
+    let mut t = String::new();
+    let (text, stdout) = etcdctl(port, &["lease", "grant", "100"]);
+    t.push_str(&text);
+    let id = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    let mut run = |args: &[&str]| t.push_str(&etcdctl(port, args).0);
+    run(&["put", &format!("--lease={id}"), "leased", "v"]);
+    run(&["lease", "timetolive", &id]);
+    run(&["lease", "timetolive", "--keys", &id]);
+    run(&["lease", "list"]);
+    run(&["lease", "keep-alive", "--once", &id]);
+    run(&["lease", "revoke", &id]);
+    run(&["get", "leased"]);
+    run(&["lease", "timetolive", &id]);
+    run(&["lease", "revoke", &id]);
+    run(&["put", &format!("--lease={id}"), "leased", "v"]);
+    run(&["lease", "grant", "9000000001"]);
+    run(&["lock", "mylock", "--", "echo", "held"]);
+    run(&["get", "--prefix", "mylock"]);
+    t
+}
+
+#[test]
+fn etcdctl_lease_and_lock_match_etcd() {
+    if !runs("etcdctl", &["version"]) || !runs("etcd", &["--version"]) {
+        eprintln!("skipped: etcd and etcdctl are not installed (Debian etcd-server, etcd-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let want = session(etcd.port);
+    drop(etcd);
+    let rdir = tempfile::tempdir().unwrap();
+    let retcd = Retcd::start(rdir.path(), &[]);
+    let got = session(retcd.port);
+    eprintln!("{got}");
+    assert!(got.contains("held\n") && got.contains("keepalived with TTL(100)"));
+    assert_eq!(
+        got, want,
+        "retcd's transcript (left) differs from etcd's (right)"
+    );
+}
