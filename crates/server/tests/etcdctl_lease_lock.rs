@@ -161,6 +161,115 @@ fn session(port: u16) -> String {
     t
 }
 
+/// `etcdctl elect` runs until killed: starts it, reads `lines` lines of its stdout
+/// (bounded), kills it.
+fn elect_lines(
+    port: u16,
+    args: &[&str],
+    lines: usize,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=127.0.0.1:{port}"))
+        .arg("elect")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcdctl elect");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().take(lines) {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn watchers(port: u16) -> u64 {
+    let body = http_get(port, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_lines(rx: &std::sync::mpsc::Receiver<String>, n: usize, out: &mut String) {
+    for _ in 0..n {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => out.push_str(&format!("{line}\n")),
+            Err(_) => {
+                out.push_str("<no more output within 10 s>\n");
+                return;
+            }
+        }
+    }
+}
+
+/// Observer, then two candidates: the first leads; when it is killed (its session
+/// lease revoked as etcdctl exits), the second leads; the observer sees both.
+fn elect_session(port: u16) -> String {
+    let mut t = String::new();
+    let (mut observer, obs) = elect_lines(port, &["-l", "vote"], 4);
+    // The observer's watcher is registered (both servers export the gauge) before the
+    // first candidate, so it sees every leader.
+    let start = Instant::now();
+    while watchers(port) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "observer never watched"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut first, c1) = elect_lines(port, &["vote", "one"], 2);
+    t.push_str("$ etcdctl elect vote one\n");
+    read_lines(&c1, 2, &mut t);
+    let (mut second, c2) = elect_lines(port, &["vote", "two"], 2);
+    // SIGTERM: etcdctl resigns and closes its session.
+    let _ = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status();
+    let _ = first.wait();
+    t.push_str("$ etcdctl elect vote two\n");
+    read_lines(&c2, 2, &mut t);
+    t.push_str("$ etcdctl elect -l vote\n");
+    read_lines(&obs, 4, &mut t);
+    for c in [&mut second, &mut observer] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    normalize(&t)
+}
+
+#[test]
+fn etcdctl_elect_matches_etcd() {
+    if !runs("etcdctl", &["version"]) || !runs("etcd", &["--version"]) {
+        eprintln!("skipped: etcd and etcdctl are not installed (Debian etcd-server, etcd-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let want = elect_session(etcd.port);
+    drop(etcd);
+    let rdir = tempfile::tempdir().unwrap();
+    let retcd = Retcd::start(rdir.path(), &[]);
+    let got = elect_session(retcd.port);
+    eprintln!("{got}");
+    assert!(got.contains("two\n") && !got.contains("<no more output"));
+    assert_eq!(
+        got, want,
+        "retcd's transcript (left) differs from etcd's (right)"
+    );
+}
+
 #[test]
 fn etcdctl_lease_and_lock_match_etcd() {
     if !runs("etcdctl", &["version"]) || !runs("etcd", &["--version"]) {
