@@ -140,6 +140,25 @@ impl Client {
     }
 }
 
+/// A snapshot image of another store in which `k` was put with each of `values`.
+fn leader_image(values: &[&str]) -> Vec<u8> {
+    use retcd_backend::{Backend, ReadTx};
+    let leader = KvStore::open(MemBackend::new()).unwrap();
+    for v in values {
+        let mut batch = leader.begin_batch().unwrap();
+        batch.txn().put(b"k", v.as_bytes(), 0).unwrap();
+        batch.commit().unwrap();
+    }
+    let mut image = Vec::new();
+    leader
+        .backend()
+        .begin_read()
+        .unwrap()
+        .write_snapshot(&mut image)
+        .unwrap();
+    image
+}
+
 fn keys_of(events: &[(WatchId, i64, String, EventKind)], id: WatchId) -> Vec<String> {
     events
         .iter()
@@ -537,22 +556,7 @@ fn after_a_snapshot_restore_watchers_catch_up_from_the_new_store() {
     let c = env.client();
     let id = c.watch("k", "", 0);
     // Another store with more history plays the leader's snapshot.
-    let leader = Arc::new(KvStore::open(MemBackend::new()).unwrap());
-    for v in ["1", "2", "3"] {
-        let mut batch = leader.begin_batch().unwrap();
-        batch.txn().put(b"k", v.as_bytes(), 0).unwrap();
-        batch.commit().unwrap();
-    }
-    let mut image = Vec::new();
-    {
-        use retcd_backend::{Backend, ReadTx};
-        leader
-            .backend()
-            .begin_read()
-            .unwrap()
-            .write_snapshot(&mut image)
-            .unwrap();
-    }
+    let image = leader_image(&["1", "2", "3"]);
     env.kv.restore_snapshot(&mut image.as_slice()).unwrap();
     env.ws.restored();
     let got = c.events(3);
@@ -569,22 +573,7 @@ fn a_future_start_survives_a_snapshot_restore_synced() {
     let env = Env::new(WatchConfig::default());
     let c = env.client();
     c.watch("k", "", 1_000);
-    let leader = Arc::new(KvStore::open(MemBackend::new()).unwrap());
-    for v in ["1", "2"] {
-        let mut batch = leader.begin_batch().unwrap();
-        batch.txn().put(b"k", v.as_bytes(), 0).unwrap();
-        batch.commit().unwrap();
-    }
-    let mut image = Vec::new();
-    {
-        use retcd_backend::{Backend, ReadTx};
-        leader
-            .backend()
-            .begin_read()
-            .unwrap()
-            .write_snapshot(&mut image)
-            .unwrap();
-    }
+    let image = leader_image(&["1", "2"]);
     env.kv.restore_snapshot(&mut image.as_slice()).unwrap();
     env.ws.restored();
     // Still synced: a progress request is answered at once, and nothing is slow.

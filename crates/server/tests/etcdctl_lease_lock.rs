@@ -8,65 +8,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Retcd, free_port, http_get};
-
-fn runs(bin: &str, args: &[&str]) -> bool {
-    Command::new(bin)
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Etcd {
-    child: Child,
-    port: u16,
-}
-
-impl Etcd {
-    fn start(dir: &std::path::Path) -> Etcd {
-        let port = free_port();
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new("etcd")
-            .args(["--name", "lease-test", "--data-dir"])
-            .arg(dir.join("etcd-data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("lease-test={peer}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        let etcd = Etcd { child, port };
-        let start = Instant::now();
-        while !matches!(http_get(port, "/health"), Ok((200, _))) {
-            assert!(start.elapsed() < DEADLINE, "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::etcd::{Etcd, runs};
+use common::{Retcd, free_port, http_get};
 
 /// Runs etcdctl (bounded by its own command timeout); exit code, stdout and the stderr
 /// lines that are not client-side logs.
@@ -256,7 +199,11 @@ fn etcdctl_elect_matches_etcd() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path());
+    let etcd = Etcd::start(
+        dir.path(),
+        "lease-test",
+        &format!("http://127.0.0.1:{}", free_port()),
+    );
     let want = elect_session(etcd.port);
     drop(etcd);
     let rdir = tempfile::tempdir().unwrap();
@@ -277,7 +224,11 @@ fn etcdctl_lease_and_lock_match_etcd() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path());
+    let etcd = Etcd::start(
+        dir.path(),
+        "lease-test",
+        &format!("http://127.0.0.1:{}", free_port()),
+    );
     let want = session(etcd.port);
     drop(etcd);
     let rdir = tempfile::tempdir().unwrap();

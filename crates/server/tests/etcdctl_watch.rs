@@ -21,73 +21,11 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Retcd, free_port, http_get};
+use common::etcd::{Etcd, runs};
+use common::{Retcd, free_port, http_get};
 
 /// Bound on each wait: for output lines, a watcher count, an etcdctl command.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Whether `bin` runs: `etcd --version`, `etcdctl version` (etcdctl has no `--version`).
-fn runs(bin: &str, args: &[&str]) -> bool {
-    Command::new(bin)
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A real etcd, killed on drop.
-struct Etcd {
-    child: Child,
-    port: u16,
-}
-
-impl Etcd {
-    fn start(dir: &std::path::Path, name: &str, peer_url: &str) -> Etcd {
-        let port = free_port();
-        let client = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
-            .args(["--name", name, "--data-dir"])
-            .arg(dir.join("etcd-data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                peer_url,
-                "--initial-advertise-peer-urls",
-                peer_url,
-            ])
-            .args(["--initial-cluster", &format!("{name}={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        let etcd = Etcd { child, port };
-        let start = Instant::now();
-        while !matches!(http_get(port, "/health"), Ok((200, _))) {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "etcd did not become healthy in time"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// etcdctl against `port` with the test's global flags.
 fn etcdctl_cmd(port: u16, args: &[&str]) -> Command {

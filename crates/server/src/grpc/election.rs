@@ -29,7 +29,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::lock::{
-    DeleteOnDrop, create_or_get, grant_session, own_create_revision, wait_for_older,
+    DeleteOnDrop, create_or_get, grant_session, own_create_revision, prefix_end, wait_for_older,
 };
 use crate::apply::{self, ApplyResponse};
 use crate::errors::RequestError;
@@ -44,24 +44,13 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
     [name, b"/"].concat()
 }
 
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(&[0])
-}
-
 /// The leader's key-value under `prefix`: the lowest create revision (serializable, on
 /// this member's applied state).
 fn leader_kv(node: &NodeHandle, prefix: &[u8]) -> Result<Option<mvccpb::KeyValue>, RequestError> {
     let shared = node.shared();
     let req = RangeRequest {
         key: Bytes::copy_from_slice(prefix),
-        range_end: prefix_end(prefix),
+        range_end: Bytes::from(prefix_end(prefix)),
         limit: 1,
         sort_order: range_request::SortOrder::Ascend as i32,
         sort_target: range_request::SortTarget::Create as i32,
@@ -261,7 +250,7 @@ impl Election for ElectionService {
             );
             stream.create(WatchOptions {
                 key: prefix.clone(),
-                range_end: prefix_end(&prefix).to_vec(),
+                range_end: prefix_end(&prefix),
                 ..WatchOptions::default()
             });
             let mut last: Option<(Bytes, i64)> = None;

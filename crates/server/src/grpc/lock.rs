@@ -271,7 +271,7 @@ pub(crate) async fn delete_key(node: &NodeHandle, key: Bytes) -> Result<i64, Req
 }
 
 /// etcd's prefix end: the prefix with its last byte below 0xff incremented.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
