@@ -159,6 +159,7 @@ impl WatchService {
             ss,
             shared,
             pending: VecDeque::new(),
+            header_cache: None,
             fragment_bytes: self.fragment_bytes,
             _closed: closed_tx,
         };
@@ -237,14 +238,27 @@ impl tonic::server::StreamingService<WatchRequest> for WatchMethod {
     }
 }
 
-/// A `WatchResponse` ready for the wire: every field but `events`, encoded, then the
-/// events `range` of a shared list, each from its cached encoding.
+/// A `WatchResponse` ready for the wire: `head` (every field before the watch id, or
+/// every field but the events), then `watch_id` unless 0, then the events `range` of a
+/// shared list, each from its cached encoding. Event responses share one encoded header
+/// per revision (`head`), so a batch for a thousand watchers encodes it once.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedWatchResponse {
-    head: Vec<u8>,
+    head: Bytes,
+    watch_id: i64,
     events: Option<EventList>,
     range: Range<usize>,
     prev_kv: bool,
+}
+
+/// `watch_id` is field 2 of `WatchResponse`.
+const WATCH_ID_FIELD: u32 = 2;
+
+/// `header` as field 1 of a `WatchResponse`, as prost encodes it.
+fn header_field(header: &ResponseHeader) -> Bytes {
+    let mut buf = Vec::with_capacity(48);
+    prost::encoding::message::encode(1, header, &mut buf);
+    buf.into()
 }
 
 /// `events` is field 11 of `WatchResponse`.
@@ -264,8 +278,18 @@ fn event_field_len(body_len: usize) -> usize {
 impl EncodedWatchResponse {
     fn control(resp: &WatchResponse) -> Self {
         EncodedWatchResponse {
-            head: resp.encode_to_vec(),
+            head: resp.encode_to_vec().into(),
             ..Default::default()
+        }
+    }
+
+    fn watch_id_len(&self) -> usize {
+        match self.watch_id {
+            0 => 0,
+            id => {
+                prost::encoding::key_len(WATCH_ID_FIELD)
+                    + prost::encoding::encoded_len_varint(id as u64)
+            }
         }
     }
 
@@ -281,6 +305,11 @@ impl EncodedWatchResponse {
 impl Message for EncodedWatchResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.head);
+        if self.watch_id != 0 {
+            // int64: the two's complement as a varint, as prost writes it.
+            prost::encoding::encode_key(WATCH_ID_FIELD, WireType::Varint, buf);
+            prost::encoding::encode_varint(self.watch_id as u64, buf);
+        }
         for body in self.bodies() {
             prost::encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, buf);
             prost::encoding::encode_varint(body.len() as u64, buf);
@@ -301,6 +330,7 @@ impl Message for EncodedWatchResponse {
 
     fn encoded_len(&self) -> usize {
         self.head.len()
+            + self.watch_id_len()
             + self
                 .bodies()
                 .map(|b| event_field_len(b.len()))
@@ -400,6 +430,9 @@ struct Sender {
     ss: Arc<StreamShared>,
     shared: Arc<Shared>,
     pending: VecDeque<EncodedWatchResponse>,
+    /// The encoded header of the last event response, by (revision, term): the responses
+    /// of one batch to many watchers share it.
+    header_cache: Option<((i64, u64), Bytes)>,
     fragment_bytes: usize,
     /// Dropped with the response stream: tells the receive task to stop.
     _closed: oneshot::Sender<()>,
@@ -488,8 +521,14 @@ impl Sender {
                     watch_id,
                     ..Default::default()
                 };
+                let key = (revision, head.header.as_ref().map_or(0, |h| h.raft_term));
+                if self.header_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+                    let encoded = header_field(head.header.as_ref().expect("set above"));
+                    self.header_cache = Some((key, encoded));
+                }
+                let header = self.header_cache.as_ref().expect("filled above").1.clone();
                 let limit = fragment.then_some(self.fragment_bytes);
-                fragments(&head, events, prev_kv, limit, &mut self.pending);
+                fragments(&head, header, events, prev_kv, limit, &mut self.pending);
                 return;
             }
         };
@@ -615,13 +654,20 @@ fn event_to_pb(e: &Event, prev_kv: bool) -> mvccpb::Event {
 /// `sendFragments`.
 fn fragments(
     head: &WatchResponse,
+    header: Bytes,
     events: EventList,
     prev_kv: bool,
     limit: Option<usize>,
     out: &mut VecDeque<EncodedWatchResponse>,
 ) {
+    debug_assert_eq!(
+        head.header.as_ref().map(header_field),
+        Some(header.clone()),
+        "`header` is the encoding of `head.header`"
+    );
     let whole = EncodedWatchResponse {
-        head: head.encode_to_vec(),
+        head: header,
+        watch_id: head.watch_id,
         range: 0..events.len(),
         events: Some(events.clone()),
         prev_kv,
@@ -630,11 +676,12 @@ fn fragments(
         out.push_back(whole);
         return;
     };
-    let part_head = WatchResponse {
+    let part_head: Bytes = WatchResponse {
         fragment: true,
         ..head.clone()
     }
-    .encode_to_vec();
+    .encode_to_vec()
+    .into();
     let sizes: Vec<usize> = events
         .iter()
         .map(|e| event_field_len(e.encoded(prev_kv, encode_event).len()))
@@ -648,6 +695,7 @@ fn fragments(
                 events: Some(events.clone()),
                 range: start..i,
                 prev_kv,
+                ..Default::default()
             });
             start = i;
             size = part_head.len();
@@ -655,10 +703,11 @@ fn fragments(
         size += add;
     }
     out.push_back(EncodedWatchResponse {
-        head: head.encode_to_vec(),
+        head: head.encode_to_vec().into(),
         events: Some(events.clone()),
         range: start..events.len(),
         prev_kv,
+        ..Default::default()
     });
 }
 
@@ -710,6 +759,10 @@ mod tests {
         }
     }
 
+    fn test_header() -> Bytes {
+        header_field(head().header.as_ref().unwrap())
+    }
+
     fn decode(r: &EncodedWatchResponse) -> WatchResponse {
         let bytes = r.encode_to_vec();
         assert_eq!(bytes.len(), r.encoded_len());
@@ -720,14 +773,15 @@ mod tests {
     // without prev_kv (left out of create events either way).
     #[test]
     fn hand_encoding_matches_prost() {
-        for prev_kv in [false, true] {
+        for (prev_kv, watch_id) in [(false, 4), (true, 4), (false, 0), (true, i64::MAX)] {
             let list = events(5, 10);
             let mut out = VecDeque::new();
-            fragments(&head(), list.clone(), prev_kv, None, &mut out);
+            let head = WatchResponse { watch_id, ..head() };
+            fragments(&head, test_header(), list.clone(), prev_kv, None, &mut out);
             assert_eq!(out.len(), 1);
             let expected = WatchResponse {
                 events: list.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
-                ..head()
+                ..head
             };
             assert_eq!(out[0].encode_to_vec(), expected.encode_to_vec());
             assert_eq!(decode(&out[0]), expected);
@@ -740,7 +794,14 @@ mod tests {
     fn fragments_split_under_the_limit_in_order() {
         let list = events(50, 100);
         let mut out = VecDeque::new();
-        fragments(&head(), list.clone(), true, Some(1000), &mut out);
+        fragments(
+            &head(),
+            test_header(),
+            list.clone(),
+            true,
+            Some(1000),
+            &mut out,
+        );
         assert!(out.len() > 5);
         let parts: Vec<WatchResponse> = out.iter().map(decode).collect();
         for (i, (p, raw)) in parts.iter().zip(&out).enumerate() {
@@ -833,7 +894,7 @@ mod tests {
             (events(50, 100), None),
         ] {
             let mut out = VecDeque::new();
-            fragments(&head(), list.clone(), false, limit, &mut out);
+            fragments(&head(), test_header(), list.clone(), false, limit, &mut out);
             assert_eq!(out.len(), 1);
             let r = decode(&out[0]);
             assert!(!r.fragment);
