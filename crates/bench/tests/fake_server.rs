@@ -8,6 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use retcd_api::etcdserverpb::kv_server::{Kv, KvServer};
@@ -41,6 +42,8 @@ struct Fake {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<Event>,
     fail_every: u64,
+    /// Only the first this many revisions reach watchers (a server that goes quiet).
+    publish_first: i64,
 }
 
 impl Fake {
@@ -62,6 +65,9 @@ impl Fake {
             ..Default::default()
         };
         state.kvs.insert(put.key.clone(), kv.clone());
+        if state.revision > self.publish_first {
+            return Ok(());
+        }
         // No subscriber is fine: nobody watches.
         let _ = self.events.send(Event {
             r#type: 0,
@@ -281,6 +287,10 @@ struct FakeServer {
 }
 
 async fn start_fake(fail_every: u64) -> FakeServer {
+    start_fake_publishing(fail_every, i64::MAX).await
+}
+
+async fn start_fake_publishing(fail_every: u64, publish_first: i64) -> FakeServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -289,6 +299,7 @@ async fn start_fake(fail_every: u64) -> FakeServer {
         state: Arc::default(),
         events: broadcast::channel(1 << 16).0,
         fail_every,
+        publish_first,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -343,6 +354,28 @@ async fn errors_are_counted_by_grpc_code() {
     assert_eq!(watch.counter("events_received"), Some(54));
     assert!(watch.series[0].summary.errors.is_empty());
     assert_eq!(watch.series[1].summary.errors["Unavailable"], 3);
+}
+
+// Goal: a watch stream that goes quiet before every event arrived ends after the idle
+// timeout with DeadlineExceeded, keeping what it received (the idle timer is armed once
+// per stream and pushed back lazily, so this is its only test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_stream_times_out() {
+    let server = start_fake_publishing(0, 4).await;
+    let run = common::bench(
+        &server.endpoint,
+        "watch --total 10 --watchers 2 --streams 1 --request-timeout 1s",
+    );
+    let watch = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the idle timeout ends the run");
+    assert_eq!(watch.counter("puts_ok"), Some(10));
+    assert_eq!(watch.counter("events_received"), Some(8));
+    assert_eq!(
+        watch.series[0].summary.errors,
+        BTreeMap::from([("DeadlineExceeded".to_owned(), 1)])
+    );
+    assert_eq!(watch.series[0].summary.ok, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
