@@ -384,15 +384,17 @@ impl Drop for OutboxWriter<'_> {
     }
 }
 
-/// Hashes the store's own u64 ids (watcher and stream numbers it hands out in
-/// sequence, never chosen by clients) with one multiply: `notify` looks up every
-/// watcher of a batch, and SipHash showed in its profile.
+/// Hashes integer ids with one multiply, for maps looked up once per watcher per batch
+/// (`notify` here, the gRPC sender's merging), where SipHash showed in the profiles.
+/// Not collision-resistant: use it for ids the store hands out in sequence, or for
+/// maps bounded small enough that a client choosing colliding ids only slows itself.
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // hashbrown indexes buckets with the low bits: fold the well-mixed high half in.
+        self.0 ^ (self.0 >> 32)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -401,13 +403,17 @@ impl std::hash::Hasher for IdHasher {
         }
     }
 
+    fn write_i64(&mut self, id: i64) {
+        self.write_u64(id as u64);
+    }
+
     fn write_u64(&mut self, id: u64) {
         // Fibonacci hashing: spreads sequential ids over the high bits hashbrown uses.
         self.0 = (self.0 ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
-type IdBuildHasher = std::hash::BuildHasherDefault<IdHasher>;
+pub type IdBuildHasher = std::hash::BuildHasherDefault<IdHasher>;
 type IdMap<V> = HashMap<u64, V, IdBuildHasher>;
 type IdSet = HashSet<u64, IdBuildHasher>;
 

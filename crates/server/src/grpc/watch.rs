@@ -36,7 +36,7 @@ use retcd_api::etcdserverpb::{
 };
 use retcd_api::mvccpb;
 use retcd_backend::RedbBackend;
-use retcd_mvcc::watch::{EventList, Out, WatchEvent};
+use retcd_mvcc::watch::{EventList, IdBuildHasher, Out, WatchEvent};
 use retcd_mvcc::{Event, EventKind, WatchOptions, WatchStream};
 use tokio::sync::{Notify, oneshot};
 use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
@@ -264,15 +264,18 @@ fn header_field(header: &ResponseHeader) -> Bytes {
 /// `events` is field 11 of `WatchResponse`.
 const EVENTS_FIELD: u32 = 11;
 
+/// One event as an element of field 11, framed (field key, length, body): what the
+/// event cache holds, so a response copies each event with one slice.
 fn encode_event(e: &Event, prev_kv: bool) -> Vec<u8> {
-    event_to_pb(e, prev_kv).encode_to_vec()
-}
-
-/// Bytes of one event as an element of field 11: key, length, body.
-fn event_field_len(body_len: usize) -> usize {
-    prost::encoding::key_len(EVENTS_FIELD)
-        + prost::encoding::encoded_len_varint(body_len as u64)
-        + body_len
+    let event = event_to_pb(e, prev_kv);
+    let body_len = event.encoded_len();
+    let mut buf = Vec::with_capacity(
+        prost::encoding::key_len(EVENTS_FIELD)
+            + prost::encoding::encoded_len_varint(body_len as u64)
+            + body_len,
+    );
+    prost::encoding::message::encode(EVENTS_FIELD, &event, &mut buf);
+    buf
 }
 
 impl EncodedWatchResponse {
@@ -293,7 +296,8 @@ impl EncodedWatchResponse {
         }
     }
 
-    fn bodies(&self) -> impl Iterator<Item = &[u8]> {
+    /// Each event framed as an element of field 11.
+    fn framed_events(&self) -> impl Iterator<Item = &[u8]> {
         let prev_kv = self.prev_kv;
         self.events
             .iter()
@@ -310,10 +314,8 @@ impl Message for EncodedWatchResponse {
             prost::encoding::encode_key(WATCH_ID_FIELD, WireType::Varint, buf);
             prost::encoding::encode_varint(self.watch_id as u64, buf);
         }
-        for body in self.bodies() {
-            prost::encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, buf);
-            prost::encoding::encode_varint(body.len() as u64, buf);
-            buf.put_slice(body);
+        for event in self.framed_events() {
+            buf.put_slice(event);
         }
     }
 
@@ -329,12 +331,7 @@ impl Message for EncodedWatchResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        self.head.len()
-            + self.watch_id_len()
-            + self
-                .bodies()
-                .map(|b| event_field_len(b.len()))
-                .sum::<usize>()
+        self.head.len() + self.watch_id_len() + self.framed_events().map(<[u8]>::len).sum::<usize>()
     }
 
     fn clear(&mut self) {
@@ -546,7 +543,9 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
     // Events merged into out[i], beyond its own, when any.
     let mut merged: Vec<Option<Vec<Arc<WatchEvent>>>> = Vec::with_capacity(batch.len());
     // Watch id -> index in `out` of its open event response, its events and bytes.
-    let mut open: HashMap<i64, (usize, usize, usize)> = HashMap::new();
+    // Watch ids are the client's, but the map holds at most one batch (SEND_BATCH).
+    let mut open: HashMap<i64, (usize, usize, usize), IdBuildHasher> =
+        HashMap::with_capacity_and_hasher(batch.len(), IdBuildHasher::default());
     let size = |events: &EventList| -> usize {
         events
             .iter()
@@ -684,7 +683,7 @@ fn fragments(
     .into();
     let sizes: Vec<usize> = events
         .iter()
-        .map(|e| event_field_len(e.encoded(prev_kv, encode_event).len()))
+        .map(|e| e.encoded(prev_kv, encode_event).len())
         .collect();
     let mut start = 0;
     let mut size = part_head.len();
