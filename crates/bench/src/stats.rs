@@ -67,7 +67,11 @@ impl Recorder {
 
     /// A successful request that took `latency`.
     pub fn record_ok(&mut self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.record_ok_us(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// A successful request that took `us` microseconds.
+    pub fn record_ok_us(&mut self, us: u64) {
         // Sub-microsecond latencies count as 1 us: the histogram starts at 1.
         self.latency_us
             .saturating_record(us.clamp(1, LATENCY_MAX_US));

@@ -49,19 +49,25 @@ struct SendTimes {
 }
 
 impl SendTimes {
+    /// Nanoseconds from `origin` to `at`.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
     fn mark_sent(&self, put: u64) {
-        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let nanos = self.nanos(Instant::now());
         self.sent_nanos_plus_one[put as usize].store(nanos + 1, Ordering::Release);
     }
 
-    /// Time from put `put` being sent to `received`, if it was sent by us.
-    fn latency(&self, put: u64, received: Instant) -> Option<Duration> {
+    /// Microseconds from put `put` being sent to `received_nanos` (from
+    /// [`SendTimes::nanos`], taken once per response), if it was sent by us.
+    /// In integers: this runs for every event received.
+    fn latency_us(&self, put: u64, received_nanos: u64) -> Option<u64> {
         let sent = self
             .sent_nanos_plus_one
             .get(put as usize)?
             .load(Ordering::Acquire);
-        let sent = Duration::from_nanos(sent.checked_sub(1)?);
-        Some(received.duration_since(self.origin).saturating_sub(sent))
+        Some(received_nanos.saturating_sub(sent.checked_sub(1)?) / 1000)
     }
 }
 
@@ -230,6 +236,7 @@ async fn receive(
             }
         };
         let received = Instant::now();
+        let received_nanos = times.nanos(received);
         last_activity = received;
         if response.canceled {
             delivery.recorder.record_error(tonic::Code::Cancelled);
@@ -245,9 +252,9 @@ async fn receive(
             };
             match keys
                 .parse_index(key)
-                .and_then(|put| times.latency(put, received))
+                .and_then(|put| times.latency_us(put, received_nanos))
             {
-                Some(latency) => delivery.recorder.record_ok(latency),
+                Some(us) => delivery.recorder.record_ok_us(us),
                 // Not one of our puts: someone else writes under the prefix.
                 None => delivery.recorder.record_error(tonic::Code::Unknown),
             }
@@ -363,11 +370,12 @@ mod tests {
             origin: Instant::now(),
             sent_nanos_plus_one: (0..2).map(|_| AtomicU64::new(0)).collect(),
         };
-        assert_eq!(times.latency(0, Instant::now()), None, "not sent yet");
+        let now = times.nanos(Instant::now());
+        assert_eq!(times.latency_us(0, now), None, "not sent yet");
         times.mark_sent(0);
-        let later = Instant::now() + Duration::from_millis(5);
-        let latency = times.latency(0, later).unwrap();
-        assert!(latency >= Duration::from_millis(5), "{latency:?}");
-        assert_eq!(times.latency(9, later), None, "not one of ours");
+        let later = times.nanos(Instant::now() + Duration::from_millis(5));
+        let latency = times.latency_us(0, later).unwrap();
+        assert!((5_000..60_000).contains(&latency), "{latency} us");
+        assert_eq!(times.latency_us(9, later), None, "not one of ours");
     }
 }

@@ -35,13 +35,24 @@ enum Value<'a> {
     Fixed,
 }
 
-fn malformed(what: &str) -> Status {
-    Status::internal(format!("malformed WatchResponse: {what}"))
+/// What is wrong with a message. A word rather than a `Status`: the walk returns
+/// results for every field, and a `Status` would make each of them large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Malformed(&'static str);
+
+impl From<Malformed> for Status {
+    fn from(m: Malformed) -> Status {
+        Status::internal(format!("malformed WatchResponse: {}", m.0))
+    }
+}
+
+fn malformed(what: &'static str) -> Malformed {
+    Malformed(what)
 }
 
 /// Reads a base-128 varint from the front of `buf`.
 #[inline]
-fn varint(buf: &mut &[u8]) -> Result<u64, Status> {
+fn varint(buf: &mut &[u8]) -> Result<u64, Malformed> {
     // Tags and lengths of small fields: one byte.
     if let Some(&byte) = buf.first()
         && byte < 0x80
@@ -62,13 +73,13 @@ fn varint(buf: &mut &[u8]) -> Result<u64, Status> {
 
 /// Reads the next field of a message from the front of `buf`, or None at its end.
 #[inline]
-fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>, Status> {
+fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>, Malformed> {
     if buf.is_empty() {
         return Ok(None);
     }
     let key = varint(buf)?;
     let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
-    let take = |buf: &mut &'a [u8], n: usize| -> Result<&'a [u8], Status> {
+    let take = |buf: &mut &'a [u8], n: usize| -> Result<&'a [u8], Malformed> {
         if buf.len() < n {
             return Err(malformed("field runs past the message"));
         }
@@ -90,7 +101,8 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>, Status
             take(buf, 4)?;
             Value::Fixed
         }
-        wire_type => return Err(malformed(&format!("wire type {wire_type}"))),
+        // Groups (3, 4) and the unused 6 and 7.
+        _ => return Err(malformed("unsupported wire type")),
     };
     Ok(Some((tag, value)))
 }
@@ -98,7 +110,7 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>, Status
 /// The key of one encoded `mvccpb.Event` (empty when it has no kv or key).
 /// The first key found is the key: etcd writes each field once, in field
 /// order, so the walk stops there instead of reading the rest of the kv.
-fn event_key(mut event: &[u8]) -> Result<&[u8], Status> {
+fn event_key(mut event: &[u8]) -> Result<&[u8], Malformed> {
     while let Some((tag, value)) = next_field(&mut event)? {
         if let (EVENT_KV, Value::Delimited(mut kv)) = (tag, value) {
             while let Some((tag, value)) = next_field(&mut kv)? {
@@ -122,6 +134,8 @@ pub struct RawWatchResponse {
     /// How many events the response carries.
     pub event_count: usize,
     message: Bytes,
+    /// Where the first event starts in `message`.
+    events_at: usize,
 }
 
 impl RawWatchResponse {
@@ -132,8 +146,13 @@ impl RawWatchResponse {
             message,
             ..Default::default()
         };
-        let mut buf = response.message.as_ref();
-        while let Some((tag, value)) = next_field(&mut buf)? {
+        let message = response.message.clone();
+        let mut buf = message.as_ref();
+        loop {
+            let at = message.len() - buf.len();
+            let Some((tag, value)) = next_field(&mut buf)? else {
+                break;
+            };
             match (tag, value) {
                 // int64 on the wire is the two's complement as a u64 varint.
                 (WATCH_ID, Value::Varint(v)) => response.watch_id = v as i64,
@@ -142,7 +161,12 @@ impl RawWatchResponse {
                 (CANCEL_REASON, Value::Delimited(s)) => {
                     response.cancel_reason = String::from_utf8_lossy(s).into_owned();
                 }
-                (EVENTS, Value::Delimited(_)) => response.event_count += 1,
+                (EVENTS, Value::Delimited(_)) => {
+                    if response.event_count == 0 {
+                        response.events_at = at;
+                    }
+                    response.event_count += 1;
+                }
                 _ => {}
             }
         }
@@ -152,15 +176,19 @@ impl RawWatchResponse {
     /// The key of each event, in order; an error for an event whose own
     /// fields are malformed.
     pub fn event_keys(&self) -> impl Iterator<Item = Result<&[u8], Status>> {
-        let mut buf = self.message.as_ref();
+        let mut buf = &self.message[self.events_at..];
+        let mut left = self.event_count;
         std::iter::from_fn(move || {
-            loop {
+            while left > 0 {
                 // `parse` walked these same top-level fields without error.
-                match next_field(&mut buf).expect("checked by parse")? {
-                    (EVENTS, Value::Delimited(event)) => return Some(event_key(event)),
-                    _ => continue,
+                if let (EVENTS, Value::Delimited(event)) =
+                    next_field(&mut buf).expect("checked by parse")?
+                {
+                    left -= 1;
+                    return Some(event_key(event).map_err(Status::from));
                 }
             }
+            None
         })
     }
 }
@@ -252,6 +280,28 @@ mod tests {
         assert_eq!(raw.event_count, 3);
         let keys: Vec<&[u8]> = raw.event_keys().map(Result::unwrap).collect();
         assert_eq!(keys, [b"a".as_slice(), b"bb".as_slice(), b"".as_slice()]);
+    }
+
+    // Goal: events are found wherever they sit among the other fields (prost writes
+    // them last, but the wire does not promise an order).
+    #[test]
+    fn events_between_other_fields_are_all_read() {
+        let event = |key: &str| {
+            Event {
+                kv: Some(kv(key)),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let mut wire = Vec::new();
+        prost::encoding::bytes::encode(EVENTS, &event("x"), &mut wire);
+        prost::encoding::int64::encode(WATCH_ID, &7, &mut wire);
+        prost::encoding::bytes::encode(EVENTS, &event("yy"), &mut wire);
+        prost::encoding::bool::encode(CREATED, &true, &mut wire);
+        let raw = RawWatchResponse::parse(wire.into()).unwrap();
+        assert_eq!((raw.watch_id, raw.created, raw.event_count), (7, true, 2));
+        let keys: Vec<&[u8]> = raw.event_keys().map(Result::unwrap).collect();
+        assert_eq!(keys, [b"x".as_slice(), b"yy".as_slice()]);
     }
 
     #[test]
