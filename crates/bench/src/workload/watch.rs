@@ -173,6 +173,8 @@ async fn open_stream(
 struct Delivery {
     recorder: Recorder,
     events: u64,
+    /// Responses that carried events.
+    responses: u64,
     last_event_at: Option<Instant>,
 }
 
@@ -190,6 +192,7 @@ async fn receive(
     let mut delivery = Delivery {
         recorder: Recorder::new(),
         events: 0,
+        responses: 0,
         last_event_at: None,
     };
     // Watch ids seen with events: servers number a stream's watchers from 0, so a
@@ -261,6 +264,7 @@ async fn receive(
         }
         let count = response.event_count as u64;
         delivery.events += count;
+        delivery.responses += 1;
         match usize::try_from(response.watch_id)
             .ok()
             .and_then(|id| seen.get_mut(id))
@@ -326,6 +330,7 @@ pub async fn watch(ctx: &Ctx, args: &WatchArgs) -> Result<crate::stats::Report, 
 
     let mut delivered = Recorder::new();
     let mut events = 0;
+    let mut responses = 0;
     let mut last_event_at = puts_started;
     for receiver in receivers {
         let delivery = match receiver.await {
@@ -335,6 +340,7 @@ pub async fn watch(ctx: &Ctx, args: &WatchArgs) -> Result<crate::stats::Report, 
         };
         delivered.merge(&delivery.recorder);
         events += delivery.events;
+        responses += delivery.responses;
         last_event_at = last_event_at.max(delivery.last_event_at.unwrap_or(puts_started));
     }
     let delivery_elapsed = last_event_at.duration_since(puts_started);
@@ -349,6 +355,8 @@ pub async fn watch(ctx: &Ctx, args: &WatchArgs) -> Result<crate::stats::Report, 
             ("puts_ok", puts_ok),
             ("events_expected", args.watchers as u64 * puts_ok),
             ("events_received", events),
+            // Events per response: how much each server batches per watcher.
+            ("event_responses_received", responses),
         ],
     ))
 }

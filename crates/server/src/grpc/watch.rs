@@ -48,8 +48,19 @@ use crate::grpc::require_leader;
 use crate::raft_node::{NodeHandle, Shared};
 
 /// Responses taken from the outbox at once; within them, a watcher's consecutive event
-/// responses are merged (see [`coalesce`]).
-const SEND_BATCH: usize = 256;
+/// responses are merged (see [`coalesce`]). Large enough to hold a few batches for a
+/// thousand watchers, so that lingering (below) has something to merge.
+const SEND_BATCH: usize = 4096;
+/// How long a busy stream waits between drains of its outbox. A stream whose previous
+/// drain was longer ago sends at once, so a quiet watcher's latency is unchanged; one that
+/// receives events more often than this gets them every LINGER, one response per watcher
+/// holding every revision since (whole revisions, still in order). Each response costs
+/// the server and the client a fixed amount beside its events: with 1,000 watchers and
+/// writes committing every millisecond or so, merging cut responses 3.5x and raised
+/// delivered events per second by about a third, for ~1 ms more median latency
+/// (BENCHMARKS.md). etcd batches only a watcher that has fallen behind, after its
+/// 100 ms sync interval.
+const LINGER: Duration = Duration::from_millis(2);
 /// Merged responses stop growing at this many events, or about this many bytes (below
 /// tonic clients' default 4 MiB message limit).
 const MERGE_MAX_EVENTS: usize = 512;
@@ -160,6 +171,7 @@ impl WatchService {
             shared,
             pending: VecDeque::new(),
             header_cache: None,
+            last_drain: None,
             fragment_bytes: self.fragment_bytes,
             _closed: closed_tx,
         };
@@ -431,6 +443,8 @@ struct Sender {
     /// of one batch to many watchers share it.
     header_cache: Option<((i64, u64), Bytes)>,
     fragment_bytes: usize,
+    /// When the sender last emptied a non-empty outbox.
+    last_drain: Option<Instant>,
     /// Dropped with the response stream: tells the receive task to stop.
     _closed: oneshot::Sender<()>,
 }
@@ -441,8 +455,17 @@ impl Sender {
             if let Some(resp) = self.pending.pop_front() {
                 return Some(Ok(resp));
             }
+            // A busy stream (it drained the outbox less than LINGER ago) lets the next
+            // batches gather first, so each watcher gets them in one merged response.
+            if let Some(last) = self.last_drain
+                && last.elapsed() < LINGER
+            {
+                tokio::time::sleep_until((last + LINGER).into()).await;
+            }
             let batch = self.ss.stream.outbox().pop_batch(SEND_BATCH);
             if !batch.is_empty() {
+                // A full batch may have left more behind: take it without waiting.
+                self.last_drain = (batch.len() < SEND_BATCH).then(Instant::now);
                 for out in coalesce(batch) {
                     self.convert(out);
                 }
