@@ -4,7 +4,7 @@
 # over $RUNS runs (alternating servers): delivered events per second, delivery latency
 # (put sent -> event received) p50/p99, the put rate, and the server's CPU time per
 # million events delivered (user + system, from /proc: the client shares the cores, so
-# this is the server's own cost).
+# this is the server's own cost), and how many events each response carried.
 #
 #   cargo build --release --bin retcd --bin retcd-bench
 #   scripts/bench-watch.sh                    # needs etcd on PATH (Debian etcd-server)
@@ -64,11 +64,13 @@ p50 = lambda j: j["series"]["watch-event"]["latency_ms"]["p50"]
 p99 = lambda j: j["series"]["watch-event"]["latency_ms"]["p99"]
 puts = lambda j: j["series"]["put"]["requests_per_sec"]
 cpu = lambda j: j["cpu_s"] / (j["counters"]["events_received"] / 1e6)
-print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s | etcd / retcd server CPU s per 1M events |")
-print("|---|---|---|---|---|---|---|---|")
+per_resp = lambda j: j["counters"]["events_received"] / max(1, j["counters"]["event_responses_received"])
+print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s | etcd / retcd server CPU s per 1M events | etcd / retcd events per response |")
+print("|---|---|---|---|---|---|---|---|---|")
 for w in order:
     e, r = med(w, "etcd", ev), med(w, "retcd", ev)
     print(f"| {w} | {e:,.0f} | {r:,.0f} | {r / e:.2f}x | {med(w, 'etcd', p50):.1f} / {med(w, 'etcd', p99):.1f} "
           f"| {med(w, 'retcd', p50):.1f} / {med(w, 'retcd', p99):.1f} | {med(w, 'etcd', puts):,.0f} / {med(w, 'retcd', puts):,.0f} "
-          f"| {med(w, 'etcd', cpu):.3f} / {med(w, 'retcd', cpu):.3f} |")
+          f"| {med(w, 'etcd', cpu):.3f} / {med(w, 'retcd', cpu):.3f} "
+          f"| {med(w, 'etcd', per_resp):.1f} / {med(w, 'retcd', per_resp):.1f} |")
 PY

@@ -36,7 +36,7 @@ use retcd_api::etcdserverpb::{
 };
 use retcd_api::mvccpb;
 use retcd_backend::RedbBackend;
-use retcd_mvcc::watch::{EventList, IdBuildHasher, Out, WatchEvent};
+use retcd_mvcc::watch::{EventList, IdBuildHasher, Out};
 use retcd_mvcc::{Event, EventKind, WatchOptions, WatchStream};
 use tokio::sync::{Notify, oneshot};
 use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
@@ -260,6 +260,8 @@ pub struct EncodedWatchResponse {
     watch_id: i64,
     events: Option<EventList>,
     range: Range<usize>,
+    /// Whole lists that follow `events[range]` (later responses merged into this one).
+    more: Vec<EventList>,
     prev_kv: bool,
 }
 
@@ -314,6 +316,7 @@ impl EncodedWatchResponse {
         self.events
             .iter()
             .flat_map(move |list| list[self.range.clone()].iter())
+            .chain(self.more.iter().flat_map(|list| list.iter()))
             .map(move |e| e.encoded(prev_kv, encode_event))
     }
 }
@@ -466,8 +469,8 @@ impl Sender {
             if !batch.is_empty() {
                 // A full batch may have left more behind: take it without waiting.
                 self.last_drain = (batch.len() < SEND_BATCH).then(Instant::now);
-                for out in coalesce(batch) {
-                    self.convert(out);
+                for merged in coalesce(batch) {
+                    self.convert(merged);
                 }
                 continue;
             }
@@ -497,7 +500,8 @@ impl Sender {
         })
     }
 
-    fn convert(&mut self, out: Out) {
+    fn convert(&mut self, merged: Merged) {
+        let Merged { out, more } = merged;
         let resp = match out {
             Out::Created {
                 watch_id,
@@ -548,7 +552,30 @@ impl Sender {
                 }
                 let header = self.header_cache.as_ref().expect("filled above").1.clone();
                 let limit = fragment.then_some(self.fragment_bytes);
-                fragments(&head, header, events, prev_kv, limit, &mut self.pending);
+                if more.is_empty() || limit.is_some() {
+                    // Fragmenting walks one list: join the merged ones (a watcher that
+                    // asked for fragments and lagged; rare).
+                    let events = if more.is_empty() {
+                        events
+                    } else {
+                        events
+                            .iter()
+                            .chain(more.iter().flat_map(|l| l.iter()))
+                            .cloned()
+                            .collect()
+                    };
+                    fragments(&head, header, events, prev_kv, limit, &mut self.pending);
+                } else {
+                    // Merged lists go out as they are: no event is copied or re-counted.
+                    self.pending.push_back(EncodedWatchResponse {
+                        head: header,
+                        watch_id,
+                        range: 0..events.len(),
+                        events: Some(events),
+                        more,
+                        prev_kv,
+                    });
+                }
                 return;
             }
         };
@@ -556,15 +583,21 @@ impl Sender {
     }
 }
 
+/// An outbox item after [`coalesce`]: `more` holds the event lists of the watcher's
+/// later responses merged into this one, in order (empty for anything else).
+struct Merged {
+    out: Out,
+    more: Vec<EventList>,
+}
+
 /// Merges each watcher's event responses within `batch` into its first one, so a client
 /// that reads slower than the writes come gets fewer, larger responses (whole revisions
 /// still, in order). Moving a watcher's later events earlier never passes its own
 /// created or canceled response, nor any progress response, so a progress revision is
-/// never below an event delivered before it.
-fn coalesce(batch: Vec<Out>) -> Vec<Out> {
-    let mut out: Vec<Out> = Vec::with_capacity(batch.len());
-    // Events merged into out[i], beyond its own, when any.
-    let mut merged: Vec<Option<Vec<Arc<WatchEvent>>>> = Vec::with_capacity(batch.len());
+/// never below an event delivered before it. Lists are kept as they are (shared with the
+/// other watchers of the batch), not copied event by event.
+fn coalesce(batch: Vec<Out>) -> Vec<Merged> {
+    let mut out: Vec<Merged> = Vec::with_capacity(batch.len());
     // Watch id -> index in `out` of its open event response, its events and bytes.
     // Watch ids are the client's, but the map holds at most one batch (SEND_BATCH).
     let mut open: HashMap<i64, (usize, usize, usize), IdBuildHasher> =
@@ -582,6 +615,10 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
             })
             .sum()
     };
+    let single = |out: Out| Merged {
+        out,
+        more: Vec::new(),
+    };
     for item in batch {
         match item {
             Out::Events {
@@ -591,20 +628,21 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
                 ..
             } if open.contains_key(&watch_id) => {
                 let (i, count, bytes) = open.get_mut(&watch_id).expect("checked");
-                let Out::Events {
-                    revision: merged_rev,
-                    events: first,
-                    ..
+                let Merged {
+                    out:
+                        Out::Events {
+                            revision: merged_rev,
+                            ..
+                        },
+                    more,
                 } = &mut out[*i]
                 else {
                     unreachable!("open entries are event responses");
                 };
                 *merged_rev = revision;
-                merged[*i]
-                    .get_or_insert_with(|| first.to_vec())
-                    .extend(events.iter().cloned());
                 *count += events.len();
                 *bytes += size(&events);
+                more.push(events);
                 if *count >= MERGE_MAX_EVENTS || *bytes >= MERGE_MAX_BYTES {
                     open.remove(&watch_id);
                 }
@@ -618,24 +656,16 @@ fn coalesce(batch: Vec<Out>) -> Vec<Out> {
                 if events.len() < MERGE_MAX_EVENTS && bytes < MERGE_MAX_BYTES {
                     open.insert(watch_id, (out.len(), events.len(), bytes));
                 }
-                out.push(item);
-                merged.push(None);
+                out.push(single(item));
             }
             Out::Created { watch_id, .. } | Out::Canceled { watch_id, .. } => {
                 open.remove(&watch_id);
-                out.push(item);
-                merged.push(None);
+                out.push(single(item));
             }
             Out::Progress { .. } => {
                 open.clear();
-                out.push(item);
-                merged.push(None);
+                out.push(single(item));
             }
-        }
-    }
-    for (item, extra) in out.iter_mut().zip(merged) {
-        if let (Out::Events { events, .. }, Some(all)) = (item, extra) {
-            *events = all.into();
         }
     }
     out
@@ -692,6 +722,7 @@ fn fragments(
         watch_id: head.watch_id,
         range: 0..events.len(),
         events: Some(events.clone()),
+        more: Vec::new(),
         prev_kv,
     };
     let Some(limit) = limit.filter(|&l| events.len() >= 2 && whole.encoded_len() >= l) else {
@@ -737,6 +768,7 @@ fn fragments(
 mod tests {
     use super::*;
     use retcd_mvcc::KeyValue;
+    use retcd_mvcc::watch::WatchEvent;
 
     fn events(n: usize, value_len: usize) -> EventList {
         (0..n)
@@ -810,6 +842,28 @@ mod tests {
         }
     }
 
+    // Goal: a merged response (a list, then whole later lists) is prost's encoding of all
+    // its events in order.
+    #[test]
+    fn merged_lists_encode_as_one_response() {
+        let (a, b, c) = (events(3, 10), events(1, 20), events(2, 5));
+        let merged = EncodedWatchResponse {
+            head: test_header(),
+            watch_id: 4,
+            range: 1..3,
+            events: Some(a.clone()),
+            more: vec![b.clone(), c.clone()],
+            prev_kv: true,
+        };
+        let all = a[1..].iter().chain(b.iter()).chain(c.iter());
+        let expected = WatchResponse {
+            events: all.map(|e| event_to_pb(e, true)).collect(),
+            ..head()
+        };
+        assert_eq!(merged.encode_to_vec(), expected.encode_to_vec());
+        assert_eq!(decode(&merged), expected);
+    }
+
     // Goal: fragments stay under the limit, keep every event in order, and only the last
     // part has fragment = false.
     #[test]
@@ -877,7 +931,7 @@ mod tests {
         let out = coalesce(batch);
         let shape: Vec<(i64, Vec<i64>, i64)> = out
             .iter()
-            .map(|o| match o {
+            .map(|Merged { out, more }| match out {
                 Out::Events {
                     watch_id,
                     revision,
@@ -885,7 +939,11 @@ mod tests {
                     ..
                 } => (
                     *watch_id,
-                    events.iter().map(|e| e.kv.mod_revision).collect(),
+                    events
+                        .iter()
+                        .chain(more.iter().flat_map(|l| l.iter()))
+                        .map(|e| e.kv.mod_revision)
+                        .collect(),
                     *revision,
                 ),
                 Out::Progress { .. } => (-1, vec![], 0),
