@@ -52,25 +52,32 @@ import json, os, statistics, sys
 runs, results, tck, order = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 def load(w, srv, r):
     j = json.load(open(os.path.join(results, f"{w},{srv},{r}")))
-    assert j["errors_total"] == 0, f"{w} {srv} run {r}: {j['errors']}"
+    # A put the server refused (etcd's "too many requests" under this load, say) is
+    # counted, not fatal: it is not waited for. Every accepted put's event must arrive.
+    watch_errors = j["series"]["watch-event"]["errors"]
+    assert not watch_errors, f"{w} {srv} run {r}: {watch_errors}"
     c = j["counters"]
     assert c["events_received"] == c["events_expected"], f"{w} {srv} run {r}: missing events"
     j["cpu_s"] = int(open(os.path.join(results, f"{w},{srv},{r}.cpu")).read()) / tck
     return j
 def med(w, srv, f):
     return statistics.median(f(load(w, srv, r)) for r in range(1, runs + 1))
+def total(w, srv, f):
+    return sum(f(load(w, srv, r)) for r in range(1, runs + 1))
 ev = lambda j: j["series"]["watch-event"]["requests_per_sec"]
 p50 = lambda j: j["series"]["watch-event"]["latency_ms"]["p50"]
 p99 = lambda j: j["series"]["watch-event"]["latency_ms"]["p99"]
 puts = lambda j: j["series"]["put"]["requests_per_sec"]
 cpu = lambda j: j["cpu_s"] / (j["counters"]["events_received"] / 1e6)
+put_errors = lambda j: sum(j["series"]["put"]["errors"].values())
 per_resp = lambda j: j["counters"]["events_received"] / max(1, j["counters"]["event_responses_received"])
-print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s | etcd / retcd server CPU s per 1M events | etcd / retcd events per response |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| workload | etcd events/s | retcd events/s | retcd/etcd | etcd p50 / p99 ms | retcd p50 / p99 ms | etcd / retcd puts/s | etcd / retcd server CPU s per 1M events | etcd / retcd events per response | etcd / retcd refused puts (all runs) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for w in order:
     e, r = med(w, "etcd", ev), med(w, "retcd", ev)
     print(f"| {w} | {e:,.0f} | {r:,.0f} | {r / e:.2f}x | {med(w, 'etcd', p50):.1f} / {med(w, 'etcd', p99):.1f} "
           f"| {med(w, 'retcd', p50):.1f} / {med(w, 'retcd', p99):.1f} | {med(w, 'etcd', puts):,.0f} / {med(w, 'retcd', puts):,.0f} "
           f"| {med(w, 'etcd', cpu):.3f} / {med(w, 'retcd', cpu):.3f} "
-          f"| {med(w, 'etcd', per_resp):.1f} / {med(w, 'retcd', per_resp):.1f} |")
+          f"| {med(w, 'etcd', per_resp):.1f} / {med(w, 'retcd', per_resp):.1f} "
+          f"| {total(w, 'etcd', put_errors)} / {total(w, 'retcd', put_errors)} |")
 PY
