@@ -24,6 +24,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Tries of [`Retcd::try_start`] when a port it picked was taken meanwhile.
+const START_ATTEMPTS: u32 = 5;
+
 /// A running `retcd` process; killed on drop.
 pub struct Retcd {
     child: Option<Child>,
@@ -35,7 +38,12 @@ pub struct Retcd {
 impl Retcd {
     /// Starts a server with its data in `data_dir` on a fresh port, with `extra` flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Retcd {
-        Self::start_with(data_dir, free_port(), extra, &[])
+        Self::try_start(data_dir, extra).unwrap_or_else(|refusal| {
+            panic!(
+                "retcd exited with {:?} instead of starting; log:\n{}",
+                refusal.status, refusal.log
+            )
+        })
     }
 
     /// Starts a server on `port`, with extra flags and environment variables.
@@ -52,7 +60,24 @@ impl Retcd {
 
     /// Starts a server on a fresh port and waits until it is healthy or has exited,
     /// whichever comes first: a refusal to start is an answer, not a test failure.
+    ///
+    /// A port picked free can be taken before the server binds it (by another test's
+    /// outgoing connection, say): a start that fails only for that is tried again on
+    /// fresh ports, up to [`START_ATTEMPTS`] times.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Retcd, Refusal> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start_once(data_dir, extra) {
+                Err(refusal) if refusal.port_taken() && attempt < START_ATTEMPTS => {
+                    eprintln!("a port was taken under us (attempt {attempt}); starting again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_start_once(data_dir: &Path, extra: &[&str]) -> Result<Retcd, Refusal> {
         let mut server = Self::spawn(data_dir, extra);
         let start = Instant::now();
         loop {
@@ -201,6 +226,13 @@ pub struct Refusal {
     pub status: ExitStatus,
     /// Everything it wrote to stderr.
     pub log: String,
+}
+
+impl Refusal {
+    /// Whether it exited because a port it was to listen on was in use.
+    pub fn port_taken(&self) -> bool {
+        self.log.contains("Address already in use")
+    }
 }
 
 impl Drop for Retcd {
