@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,12 +10,10 @@ use std::time::{Duration, Instant};
 use retcd_api::etcdserverpb::RangeRequest;
 use retcd_api::etcdserverpb::kv_client::KvClient;
 
-/// A port nothing listens on right now (bind port 0, then release it).
+/// A port nothing listens on right now, below the OS's ephemeral range so that no
+/// outgoing connection takes it before etcd binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    retcd_testkit::cluster::free_ports(1).expect("a free port")[0]
 }
 
 fn etcd_installed() -> bool {

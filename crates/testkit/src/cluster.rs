@@ -869,7 +869,7 @@ fn new_member(
 /// `n` distinct ports that were free a moment ago. All are held at once while picking, so
 /// they differ from each other; another process may still take one before the member
 /// binds it, which [`Cluster::start`] survives by starting again.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     // Below Linux's ephemeral range (32768-60999 by default): a port the OS hands out
     // for port 0 is also what it hands to the next outgoing connection, and the many
     // client and proxy connections of a fault test took such a port between our check

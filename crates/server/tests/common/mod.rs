@@ -7,7 +7,7 @@
 pub mod etcd;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -15,13 +15,10 @@ use std::time::{Duration, Instant};
 /// How long a server may take to become healthy or to exit.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now (the OS picks it).
+/// A port nobody listens on right now, below the OS's ephemeral range so that no
+/// outgoing connection takes it before the server binds it (`retcd_testkit::free_ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    retcd_testkit::cluster::free_ports(1).expect("a free port")[0]
 }
 
 /// Tries of [`Retcd::try_start`] when a port it picked was taken meanwhile.
