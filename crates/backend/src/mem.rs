@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use crate::{Backend, BackendError, Bucket, ReadTx, Visitor, WriteTx};
 
@@ -194,7 +195,7 @@ impl Backend for MemBackend {
         self.size_bytes()
     }
 
-    fn defragment(&self) -> Result<(), BackendError> {
+    fn defragment(&self, _patience: Duration) -> Result<(), BackendError> {
         // Nothing to reclaim: removed entries are freed by the allocator.
         Ok(())
     }

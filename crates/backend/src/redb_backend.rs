@@ -16,6 +16,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -272,18 +273,54 @@ impl Backend for RedbBackend {
         Ok(total.saturating_sub(stats.fragmented_bytes()))
     }
 
-    fn defragment(&self) -> Result<(), BackendError> {
+    fn defragment(&self, patience: Duration) -> Result<(), BackendError> {
+        // Holding the lock for writing keeps new transactions from beginning; those
+        // already open (short reads, as a rule) end by themselves meanwhile.
         let mut db = self.db.write().expect("redb backend lock poisoned");
+        let deadline = Instant::now() + patience;
         // redb moves pages towards the start of the file in rounds; it reports `false` once
         // a round could not shrink the file any further.
-        while db.compact().map_err(engine_error)? {}
-        Ok(())
+        loop {
+            match db.compact().map_err(engine_error) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(BackendError::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Goal: defragment waits (within its patience) for a reader that is open when it
+    // starts, and no transaction begins while it runs.
+    #[test]
+    fn defragment_waits_for_open_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RedbBackend::open(dir.path().join("db"), &RedbConfig::default()).unwrap();
+        let reader = backend.begin_read().unwrap();
+        std::thread::scope(|s| {
+            let defrag = s.spawn(|| backend.defragment(Duration::from_secs(30)));
+            // Once defragment holds the lock, nothing may begin; only then let go.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while backend.db.try_read().is_ok() {
+                assert!(Instant::now() < deadline, "defragment never took the lock");
+                std::thread::yield_now();
+            }
+            assert!(
+                !defrag.is_finished(),
+                "defragment ended under an open reader"
+            );
+            drop(reader);
+            defrag.join().unwrap().unwrap();
+        });
+        backend.begin_read().unwrap();
+    }
 
     #[test]
     fn a_missing_bucket_table_is_reported_not_treated_as_empty() {

@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use crate::snapshot::{self, SnapshotInfo};
 use crate::{BackendError, Bucket};
@@ -87,9 +88,11 @@ pub trait Backend: Send + Sync {
     /// opens a write transaction, so it must not be called by the thread that holds one.
     fn size_in_use_bytes(&self) -> Result<u64, BackendError>;
 
-    /// Returns free space to the file system. Needs exclusive use: fails with
-    /// [`BackendError::Busy`] while any transaction is open.
-    fn defragment(&self) -> Result<(), BackendError>;
+    /// Returns free space to the file system. Needs exclusive use: no transaction may
+    /// begin until it returns, and it waits up to `patience` for those already open to
+    /// end, then fails with [`BackendError::Busy`]. A thread that holds a transaction
+    /// must not call it (it would wait on itself for `patience`).
+    fn defragment(&self, patience: Duration) -> Result<(), BackendError>;
 
     /// Replaces the whole content of the database with a snapshot image, atomically: on any
     /// error (a truncated or corrupted image included) the database is left unchanged.

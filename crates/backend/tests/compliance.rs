@@ -1,6 +1,7 @@
 //! One storage contract, run against every backend implementation.
 
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use retcd_backend::meta::{self, ConsistentIndex};
 use retcd_backend::{
@@ -258,7 +259,7 @@ fn size_grows_with_data(backend: &impl Backend) {
         in_use <= full && in_use >= 4000 * 1024,
         "in use {in_use} of {full}"
     );
-    backend.defragment().unwrap();
+    backend.defragment(Duration::from_secs(5)).unwrap();
 }
 
 macro_rules! suite {
@@ -407,10 +408,10 @@ fn redb_defragment_needs_exclusive_use_and_shrinks_the_file() {
     tx.commit().unwrap();
     let full = backend.size_bytes().unwrap();
     let reader = backend.begin_read().unwrap();
-    let err = backend.defragment().unwrap_err();
+    let err = backend.defragment(Duration::ZERO).unwrap_err();
     assert!(matches!(err, BackendError::Busy(_)), "{err:?}");
     drop(reader);
-    backend.defragment().unwrap();
+    backend.defragment(Duration::ZERO).unwrap();
     let after = backend.size_bytes().unwrap();
     assert!(after < full / 2, "defragment left {after} of {full} bytes");
 }

@@ -50,6 +50,12 @@ pub const DISK_BUCKETS_SECONDS: [f64; 14] = [
     8.192,
 ];
 
+/// etcd's buckets for defragmentation (`prometheus.ExponentialBuckets(.1, 2, 13)`): 100 ms
+/// to 409.6 s.
+pub const DEFRAG_BUCKETS_SECONDS: [f64; 13] = [
+    0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6,
+];
+
 /// A latency histogram with fixed upper bounds (seconds).
 #[derive(Debug)]
 pub struct Histogram {
@@ -97,6 +103,7 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     pub wal_fsync_duration: Histogram,
     pub backend_commit_duration: Histogram,
+    pub backend_defrag_duration: Histogram,
     pub mvcc_put: Counter,
     pub mvcc_delete: Counter,
     pub mvcc_range: Counter,
@@ -117,6 +124,7 @@ impl Default for Metrics {
             proposals_failed: Counter::default(),
             wal_fsync_duration: Histogram::new(&DISK_BUCKETS_SECONDS),
             backend_commit_duration: Histogram::new(&DISK_BUCKETS_SECONDS),
+            backend_defrag_duration: Histogram::new(&DEFRAG_BUCKETS_SECONDS),
             mvcc_put: Counter::default(),
             mvcc_delete: Counter::default(),
             mvcc_range: Counter::default(),
@@ -360,6 +368,12 @@ impl Metrics {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend.",
             &self.backend_commit_duration,
+        );
+        histogram(
+            o,
+            "etcd_disk_backend_defrag_duration_seconds",
+            "The latency distribution of backend defragmentation.",
+            &self.backend_defrag_duration,
         );
         let process = process_stats();
         sample(

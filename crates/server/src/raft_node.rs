@@ -79,6 +79,9 @@ const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
 const MAX_SNAPSHOT_FILES: usize = 5;
 /// How long a measurement of the backend's bytes in use is reused.
 pub const DB_IN_USE_REFRESH: Duration = Duration::from_secs(10);
+/// How long defragmentation waits for reads already under way to end (no new one begins
+/// meanwhile) before it gives up.
+const DEFRAG_PATIENCE: Duration = Duration::from_secs(5);
 /// Inputs queued for the loop at most; callers beyond it wait for a permit.
 const INPUT_QUEUE_CAPACITY: usize = 4096;
 
@@ -110,6 +113,11 @@ enum Input {
     /// A linearizable read: answered with the read index once it is applied.
     ReadIndex {
         reply: oneshot::Sender<Result<u64, EtcdError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Return the backend's free space to the file system (Maintenance.Defragment).
+    Defragment {
+        reply: oneshot::Sender<Result<(), String>>,
         _permit: OwnedSemaphorePermit,
     },
     /// Finish the current turn, make everything durable, and exit.
@@ -623,6 +631,7 @@ impl NodeHandle {
             transport,
             events,
             waiters: HashMap::new(),
+            defrag_requests: Vec::new(),
             read_batch: Vec::new(),
             reads_in_flight: HashMap::new(),
             reads_ready: Vec::new(),
@@ -774,6 +783,21 @@ impl NodeHandle {
         }
     }
 
+    /// Defragments this member's backend and waits until it is done (no timeout: a large
+    /// backend takes as long as it takes, as with etcd).
+    pub async fn defragment(&self) -> Result<(), RequestError> {
+        let permit = self.permit().await?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Defragment {
+            reply,
+            _permit: permit,
+        })?;
+        match rx.await {
+            Ok(result) => result.map_err(|e| RequestError::Internal(format!("defragment: {e}"))),
+            Err(_) => Err(EtcdError::Stopped.into()),
+        }
+    }
+
     /// Asks Raft to hand leadership to `to` (effective only on the leader).
     pub async fn transfer_leader(&self, to: u64) -> Result<(), RequestError> {
         let permit = self.permit().await?;
@@ -910,6 +934,8 @@ struct RaftLoop {
     events: Receiver<TransportEvent>,
     /// Proposers waiting for their entry to be applied, by request id.
     waiters: HashMap<u64, oneshot::Sender<ApplyResult>>,
+    /// Callers of Maintenance.Defragment waiting for the next run.
+    defrag_requests: Vec<oneshot::Sender<Result<(), String>>>,
     /// Reads received this turn; they share one ReadIndex request.
     read_batch: Vec<ReadReply>,
     /// Reads whose ReadIndex request is with Raft, by request context.
@@ -1008,6 +1034,9 @@ impl RaftLoop {
                 self.durable_commit()?;
             }
             self.maybe_snapshot()?;
+            if !self.defrag_requests.is_empty() {
+                self.defragment()?;
+            }
             self.sweep_abandoned_waiters();
             if self.stopping {
                 return Ok(());
@@ -1048,6 +1077,7 @@ impl RaftLoop {
                 }
             }
             Input::TransferLeader { to, .. } => self.raw.transfer_leader(to),
+            Input::Defragment { reply, .. } => self.defrag_requests.push(reply),
             Input::Stop => self.stopping = true,
         }
     }
@@ -1667,6 +1697,36 @@ impl RaftLoop {
         self.durable_index = self.applied_index;
         self.last_durable_commit = Instant::now();
         self.entries_since_durable = 0;
+        Ok(())
+    }
+
+    /// Defragments the backend for everyone who asked this turn (one run serves them all).
+    /// Like etcd's, it holds up this member: no entry is applied, and no backend
+    /// transaction begins, until it ends.
+    fn defragment(&mut self) -> Result<(), NodeError> {
+        // Invariant: compaction commits durably, so everything applied is made durable
+        // first, behind the WAL (see the module docs).
+        self.durable_commit()?;
+        let start = Instant::now();
+        let result = self
+            .kv
+            .backend()
+            .defragment(DEFRAG_PATIENCE)
+            .map_err(|e| e.to_string());
+        let took = start.elapsed();
+        self.metrics.backend_defrag_duration.observe(took);
+        *self
+            .shared
+            .db_in_use_cache
+            .lock()
+            .expect("db size cache lock") = None;
+        match &result {
+            Ok(()) => tracing::info!(took = ?took, "backend defragmented"),
+            Err(e) => tracing::warn!(error = %e, "backend defragmentation failed"),
+        }
+        for reply in self.defrag_requests.drain(..) {
+            let _ = reply.send(result.clone());
+        }
         Ok(())
     }
 

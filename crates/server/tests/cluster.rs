@@ -1,6 +1,7 @@
 //! Multi-member behaviour (issue 4): membership changes with etcd's answers, learners,
 //! MoveLeader, catch-up by snapshot, a new member joining a loaded cluster, and a
-//! minority that never answers a write or a linearizable read with success.
+//! minority that never answers a write or a linearizable read with success, and
+//! defragmentation of every member under writes.
 
 use std::time::{Duration, Instant};
 
@@ -532,4 +533,54 @@ async fn follower_watch_follows_writes_and_requires_a_leader_when_asked() {
     for m in (0..3).filter(|&m| m != follower) {
         blocking(|| cluster.cont(m)).unwrap();
     }
+}
+
+// Goal: defragmenting every member in turn, the leader last, while a client writes
+// without pause loses no acknowledged write, and leaves every member with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_every_member_under_writes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = blocking(|| Cluster::start(spec(3))).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let mut c = cluster.client(leader).await.unwrap();
+        let done = done.clone();
+        async move {
+            let mut n = 0u32;
+            while !done.load(Ordering::Acquire) && n < 50_000 {
+                c.put(format!("w/{n:05}"), "v", None).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }
+    });
+    for m in [(leader + 1) % 3, (leader + 2) % 3, leader] {
+        let mut mc = cluster.client(m).await.unwrap();
+        mc.defragment()
+            .await
+            .unwrap_or_else(|e| panic!("defragment member {m}: {}", message(e)));
+    }
+    done.store(true, Ordering::Release);
+    let written = writer.await.unwrap().unwrap();
+    assert!(written > 0);
+    let mut c = cluster.client(leader).await.unwrap();
+    let want = count_serializable(&mut c, "w/").await.unwrap();
+    assert_eq!(want.0, i64::from(written));
+    let mut hashes = Vec::new();
+    for m in 0..3 {
+        let f = cluster.client(m).await.unwrap();
+        eventually(
+            &format!("member {m} catches up"),
+            Duration::from_secs(10),
+            || {
+                let mut f = f.clone();
+                async move { count_serializable(&mut f, "w/").await.ok() == Some(want) }
+            },
+        )
+        .await;
+        hashes.push(f.clone().hash_kv(want.1).await.unwrap().hash());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
 }

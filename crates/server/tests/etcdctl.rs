@@ -141,4 +141,9 @@ fn etcdctl_commands() {
         hash.starts_with(&format!("127.0.0.1:{}, ", s.port)),
         "{hash}"
     );
+    assert_eq!(
+        ctl.ok(&["defrag"]),
+        format!("Finished defragmenting etcd member[127.0.0.1:{}]\n", s.port)
+    );
+    assert_eq!(ctl.ok(&["get", "k2", "--print-value-only"]), "v2\n");
 }

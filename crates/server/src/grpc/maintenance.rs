@@ -1,5 +1,5 @@
-//! The Maintenance service: Status and HashKV (and Alarm listing, which is empty until
-//! alarms exist); the rest answers `Unimplemented` for now.
+//! The Maintenance service: Status, HashKV, Defragment and MoveLeader (and Alarm listing,
+//! which is empty until alarms exist); the rest answers `Unimplemented` for now.
 
 use std::sync::Arc;
 
@@ -141,7 +141,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(unimplemented("defragment"))
+        self.node.defragment().await?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.shared().header(None)),
+        }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

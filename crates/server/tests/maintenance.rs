@@ -1,0 +1,92 @@
+//! The Maintenance service's Defragment through a client nobody here wrote (the
+//! `etcd-client` crate), against the real binary. (Status, HashKV and MoveLeader are
+//! covered with the KV and cluster tests; `etcdctl defrag` in `etcdctl.rs`.)
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::Retcd;
+use etcd_client::{CompactionOptions, DeleteOptions, GetOptions};
+
+const BIG_VALUES: usize = 40;
+const BIG_VALUE_BYTES: usize = 256 * 1024;
+
+// Goal: Defragment gives the space of deleted, compacted data back to the file system;
+// reads running meanwhile all succeed; what is left, and what is written after, survives
+// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_shrinks_the_file_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Retcd::start(&data, &[]);
+    let mut c = s.client().await;
+    c.put("keep", "me", None).await.unwrap();
+    let big = vec![b'x'; BIG_VALUE_BYTES];
+    for i in 0..BIG_VALUES {
+        c.put(format!("big/{i:02}"), big.clone(), None)
+            .await
+            .unwrap();
+    }
+    let del = c
+        .delete("big/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(del.deleted(), BIG_VALUES as i64);
+    let rev = del.header().unwrap().revision();
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    let before = c.status().await.unwrap().db_size();
+    assert!(
+        before >= (BIG_VALUES * BIG_VALUE_BYTES) as i64,
+        "the values never reached the file: {before} bytes"
+    );
+
+    // Reads go on while the member defragments; none may fail.
+    let done = Arc::new(AtomicBool::new(false));
+    let mut reader = s.client().await;
+    let reads = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut n = 0u32;
+            while !done.load(Ordering::Acquire) && n < 100_000 {
+                let r = reader
+                    .get("keep", None)
+                    .await
+                    .expect("a read during defrag");
+                assert_eq!(r.kvs()[0].value(), b"me");
+                n += 1;
+            }
+            n
+        }
+    });
+    let resp = c.defragment().await.unwrap();
+    done.store(true, Ordering::Release);
+    assert!(resp.header().unwrap().revision() >= rev);
+    assert!(reads.await.unwrap() > 0);
+
+    let after = c.status().await.unwrap().db_size();
+    eprintln!("db size {before} -> {after} bytes");
+    assert!(
+        after < before / 2,
+        "defragment left {after} of {before} bytes"
+    );
+    c.put("after", "defrag", None).await.unwrap();
+
+    s.terminate();
+    let s = Retcd::start(&data, &[]);
+    let mut c = s.client().await;
+    let all = c
+        .get("", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
+    let kvs: Vec<(&str, &str)> = all
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap(), kv.value_str().unwrap()))
+        .collect();
+    assert_eq!(kvs, [("after", "defrag"), ("keep", "me")]);
+    assert!(c.status().await.unwrap().db_size() < before / 2);
+}
