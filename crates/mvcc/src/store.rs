@@ -440,6 +440,30 @@ impl<B: Backend> ReadView<'_, B> {
         })
     }
 
+    /// etcd's Hash: a CRC-32 over the whole backend, bucket by bucket in name order (the
+    /// name, then each key and value), leaving out the consistent index and term in
+    /// `meta` as etcd does. Unlike HashKV it sees everything stored (leases, members,
+    /// compaction bookkeeping), as stored: members agree once they applied the same
+    /// entries and finished the same compactions.
+    pub fn hash_all(&self) -> Result<u32, MvccError> {
+        let mut buckets = Bucket::ALL;
+        buckets.sort_by_key(|b| b.name());
+        let mut hasher = crc32fast::Hasher::new();
+        for bucket in buckets {
+            hasher.update(bucket.name().as_bytes());
+            self.tx.scan(bucket, &[], None, &mut |key, value| {
+                let ignored = bucket == Bucket::Meta
+                    && (key == meta::CONSISTENT_INDEX_KEY || key == meta::TERM_KEY);
+                if !ignored {
+                    hasher.update(key);
+                    hasher.update(value);
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(hasher.finalize())
+    }
+
     /// Every change with `from <= revision <= to`, in revision order, from the backend: the
     /// history a watcher that fell behind replays. `prev_kv` is the key at revision - 1
     /// when that is not compacted. At exactly the compaction revision only the last change

@@ -1,4 +1,4 @@
-//! The Maintenance service's Defragment through a client nobody here wrote (the
+//! The Maintenance service's Defragment and Hash through a client nobody here wrote (the
 //! `etcd-client` crate), against the real binary. (Status, HashKV and MoveLeader are
 //! covered with the KV and cluster tests; `etcdctl defrag` in `etcdctl.rs`.)
 
@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::Retcd;
 use etcd_client::{CompactionOptions, DeleteOptions, GetOptions};
@@ -89,4 +90,63 @@ async fn defragment_shrinks_the_file_and_keeps_the_data() {
         .collect();
     assert_eq!(kvs, [("after", "defrag"), ("keep", "me")]);
     assert!(c.status().await.unwrap().db_size() < before / 2);
+}
+
+// Goal: Hash covers the whole store: it holds still without writes and across a
+// restart on the same URLs (the member's client URLs are stored too), and changes with a
+// put and with a lease grant (which HashKV does not see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_sees_every_write_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Retcd::start(&data, &[]);
+    let mut c = s.client().await;
+    wait_published(&mut c).await;
+    let rev = c
+        .put("a", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let first = c.hash().await.unwrap();
+    assert_eq!(first.header().unwrap().revision(), rev);
+    assert_eq!(c.hash().await.unwrap().hash(), first.hash());
+
+    c.put("a", "2", None).await.unwrap();
+    let after_put = c.hash().await.unwrap().hash();
+    assert_ne!(after_put, first.hash());
+
+    let kv_hash = c.hash_kv(0).await.unwrap().hash();
+    c.lease_grant(600, None).await.unwrap();
+    let after_grant = c.hash().await.unwrap().hash();
+    assert_ne!(after_grant, after_put, "a lease grant did not change Hash");
+    assert_eq!(c.hash_kv(0).await.unwrap().hash(), kv_hash);
+
+    s.terminate();
+    let s = Retcd::start_with(&data, s.port, &[], &[]);
+    let mut c = s.client().await;
+    wait_published(&mut c).await;
+    assert_eq!(c.hash().await.unwrap().hash(), after_grant);
+}
+
+/// Waits until the member has published its client URLs (an entry applied soon after
+/// start, which Hash sees in the `members` bucket).
+async fn wait_published(c: &mut etcd_client::Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = c.member_list().await.unwrap();
+        if members
+            .members()
+            .iter()
+            .all(|m| !m.client_urls().is_empty())
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member never published itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,5 +1,5 @@
-//! The Maintenance service: Status, HashKV, Defragment and MoveLeader (and Alarm listing,
-//! which is empty until alarms exist); the rest answers `Unimplemented` for now.
+//! The Maintenance service: Status, Hash, HashKV, Defragment and MoveLeader (and Alarm
+//! listing, which is empty until alarms exist); the rest answers `Unimplemented` for now.
 
 use std::sync::Arc;
 
@@ -95,6 +95,21 @@ impl MaintenanceService {
         })
     }
 
+    async fn hash_inner(&self) -> Result<HashResponse, RequestError> {
+        let shared = self.node.shared().clone();
+        let kv = shared.kv.clone();
+        let (hash, revision) = tokio::task::spawn_blocking(move || {
+            let view = kv.view()?;
+            Ok::<_, retcd_mvcc::MvccError>((view.hash_all()?, view.revision()))
+        })
+        .await
+        .map_err(|e| RequestError::Internal(e.to_string()))??;
+        Ok(HashResponse {
+            header: Some(shared.header(Some(revision))),
+            hash,
+        })
+    }
+
     async fn hash_kv_inner(&self, req: HashKvRequest) -> Result<HashKvResponse, RequestError> {
         let shared = self.node.shared().clone();
         let kv = shared.kv.clone();
@@ -148,7 +163,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unimplemented("hash"))
+        Ok(Response::new(self.hash_inner().await?))
     }
 
     async fn hash_kv(
