@@ -256,6 +256,15 @@ impl Lessor {
         self.pending_expiry.clear();
     }
 
+    /// The raft loop was held up for `by` (a defragmentation): no renewal could be applied
+    /// meanwhile, so no lease may expire for that. (etcd renews in memory on the leader,
+    /// so its keep-alives go on through a defrag; this keeps the same promise.)
+    pub fn postpone(&mut self, by: Duration) {
+        for lease in self.leases.values_mut() {
+            lease.deadline += by;
+        }
+    }
+
     /// This member became the leader: each deadline is bounded by the wall-clock estimate
     /// of the last grant or renewal plus `grace` (one election timeout), so neither a
     /// restart (deadlines set at replay) nor a lost renewal extends a lease further.
@@ -411,6 +420,23 @@ mod tests {
             (7, 30, 1_700_000_000_000, 42)
         );
         assert!(decode_record(&[1, 2], &encode_record(&lease)).is_err());
+    }
+
+    // Goal: a lease whose renewals were held up (the loop was busy) gets that time back,
+    // and only that.
+    #[test]
+    fn postponed_deadlines_move_by_the_pause() {
+        let now = Instant::now();
+        let mut lessor = Lessor::default();
+        lessor.grant(1, 10, 5, 3, now).unwrap();
+        lessor.postpone(Duration::from_secs(4));
+        assert!(
+            lessor
+                .take_expired(now + Duration::from_secs(13), 10)
+                .is_empty()
+        );
+        let expired = lessor.take_expired(now + Duration::from_secs(14), 10);
+        assert_eq!(expired.len(), 1);
     }
 
     // Goal: grants, renewals and removals reach the backend; keys attach back at load.

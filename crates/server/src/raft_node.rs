@@ -1715,6 +1715,12 @@ impl RaftLoop {
             .map_err(|e| e.to_string());
         let took = start.elapsed();
         self.metrics.backend_defrag_duration.observe(took);
+        // Keep-alives waited in the queue meanwhile: leases must not expire for that.
+        self.shared
+            .lessor
+            .lock()
+            .expect("lessor lock")
+            .postpone(took);
         *self
             .shared
             .db_in_use_cache
