@@ -47,6 +47,8 @@ pub enum ApplyResponse {
     LeaseRevoke(LeaseRevokeResponse),
     /// Renewed leases' TTLs, in the request's order; 0 for a lease that does not exist.
     LeaseRenew(Vec<i64>),
+    /// The alarm an activation or deactivation changed (empty if none).
+    Alarm(Vec<retcd_api::etcdserverpb::AlarmMember>),
 }
 
 /// What the proposer of an entry is told.

@@ -153,8 +153,8 @@ pub struct Config {
     )]
     pub election_timeout_ms: u64,
 
-    /// Raise an alarm when the backend size exceeds this (0 = etcd's 2 GiB). Accepted; not
-    /// enforced yet.
+    /// Raise the NOSPACE alarm when the backend size would reach this (0 = etcd's 2 GiB);
+    /// writes that grow the store are then refused until the alarm is disarmed.
     #[arg(
         long = "quota-backend-bytes",
         env = "ETCD_QUOTA_BACKEND_BYTES",

@@ -9,8 +9,10 @@ use axum::Router;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use retcd_api::etcdserverpb::AlarmType;
 use retcd_mvcc::RangeOptions;
 
+use crate::alarms::Alarms;
 use crate::config::{CLUSTER_VERSION, SERVER_VERSION};
 use crate::metrics::ScrapeValues;
 use crate::raft_node::NodeHandle;
@@ -114,12 +116,37 @@ async fn read_check(s: &HttpState, linearizable: bool) -> Result<(), &'static st
         .map_err(|_| "QGET ERROR")
 }
 
+/// The first raised alarm that `?exclude=<TYPE>` (repeatable) does not name, as etcd
+/// 3.5's health reason.
+fn alarm_reason(alarms: &Alarms, uri: &Uri) -> Option<&'static str> {
+    let excluded: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("exclude="))
+        .collect();
+    alarms
+        .list(AlarmType::None)
+        .iter()
+        .filter_map(|a| AlarmType::try_from(a.alarm).ok())
+        .find(|t| !excluded.contains(&t.as_str_name()))
+        .map(|t| match t {
+            AlarmType::Nospace => "ALARM NOSPACE",
+            AlarmType::Corrupt => "ALARM CORRUPT",
+            AlarmType::None => "ALARM UNKNOWN",
+        })
+}
+
 /// etcd 3.5's `/health`: `{"health":"true","reason":""}`, or "false" with a reason and
-/// 503. `?serializable=true` skips the ReadIndex.
+/// 503: a raised alarm (unless `?exclude=` names its type), no leader, or a failed read.
+/// `?serializable=true` skips the ReadIndex.
 async fn health(s: &HttpState, uri: &Uri) -> Response {
     let shared = s.node.shared();
+    let alarm = alarm_reason(&shared.alarms(), uri);
     let result = if !shared.is_running() {
         Err("RAFT LOOP STOPPED")
+    } else if let Some(reason) = alarm {
+        Err(reason)
     } else if shared.leader() == 0 {
         Err("RAFT NO LEADER")
     } else {

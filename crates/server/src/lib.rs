@@ -53,6 +53,7 @@
 //!   the raft loop: nobody is answered "success" for a write that may not be stored, and
 //!   the process exits non-zero.
 
+mod alarms;
 mod apply;
 mod authority;
 pub mod config;

@@ -50,7 +50,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message as _;
 use retcd_api::errors::EtcdError;
-use retcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader, ResponseHeader};
+use retcd_api::etcdserverpb::{
+    AlarmRequest, AlarmType, InternalRaftRequest, RequestHeader, ResponseHeader,
+    alarm_request::AlarmAction,
+};
 use retcd_backend::{Backend, ConsistentIndex, RedbBackend, RedbConfig, WriteTx};
 use retcd_mvcc::{KvStore, MvccError, WatchConfig, WatchableStore};
 use retcd_raft::{
@@ -60,6 +63,7 @@ use retcd_raft::{
 use retcd_wal::{SnapshotMarker, Snapshotter, StdVfs, Wal, WalOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::alarms::{self, Alarms};
 use crate::apply::{self, ApplyResponse, ApplyResult};
 use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
@@ -165,6 +169,13 @@ pub struct Shared {
     db_in_use_cache: Mutex<Option<(Instant, u64)>>,
     /// The membership as of the applied index.
     membership: RwLock<Membership>,
+    /// The raised alarms as of the applied index.
+    alarms: RwLock<Alarms>,
+    /// The backend quota in bytes.
+    quota_backend_bytes: u64,
+    /// The backend file's size as of the last commit the loop made (what the quota
+    /// check compares, without a `stat` per request).
+    db_file_bytes: AtomicU64,
     /// Raft role of this member.
     role: AtomicU64,
     /// Where received snapshot images are kept until installed.
@@ -197,6 +208,10 @@ impl Shared {
     }
     pub fn is_leader(&self) -> bool {
         self.role.load(Ordering::Acquire) == 1
+    }
+    /// The raised alarms as of the applied index.
+    pub fn alarms(&self) -> Alarms {
+        self.alarms.read().expect("alarms lock").clone()
     }
     /// The membership as of the applied index.
     pub fn membership(&self) -> Membership {
@@ -277,6 +292,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub bootstrap: Bootstrap,
     pub pre_vote: bool,
+    /// `--quota-backend-bytes`, the default already filled in.
+    pub quota_backend_bytes: u64,
     /// Where the transport's tasks run.
     pub runtime: tokio::runtime::Handle,
 }
@@ -573,6 +590,7 @@ impl NodeHandle {
         } = recover_or_bootstrap(&cfg, &layout, &snapshotter, &kv)?;
         let ci = kv.consistent_index();
         let membership = Membership::load(&kv.backend().begin_read()?)?;
+        let alarms = Alarms::load(&kv.backend().begin_read()?)?;
 
         let mut raft_cfg = retcd_raft::Config::new(member_id.0);
         raft_cfg.election_tick = cfg.election_ticks;
@@ -608,6 +626,9 @@ impl NodeHandle {
             stopped: tokio::sync::watch::Sender::new(false),
             db_in_use_cache: Mutex::new(None),
             membership: RwLock::new(membership),
+            alarms: RwLock::new(alarms),
+            quota_backend_bytes: cfg.quota_backend_bytes,
+            db_file_bytes: AtomicU64::new(kv.backend().size_bytes()?),
             role: AtomicU64::new(0),
             snap_dir: layout.snap_dir.clone(),
             progress: Mutex::new(HashMap::new()),
@@ -781,6 +802,43 @@ impl NodeHandle {
             Ok(Err(_)) => Err(EtcdError::Stopped.into()),
             Err(_) => Err(EtcdError::Timeout.into()),
         }
+    }
+
+    /// etcd's quota check, before proposing a request that adds `cost` bytes (by etcd's
+    /// estimate): if the backend would reach the quota, this member raises NOSPACE
+    /// (unless it already has) and the request is refused with "database space
+    /// exceeded". The alarm then stays until an operator disarms it.
+    pub async fn check_quota(&self, cost: u64) -> Result<(), RequestError> {
+        let size = self.shared.db_file_bytes.load(Ordering::Acquire);
+        if alarms::fits(size, cost, self.shared.quota_backend_bytes) {
+            return Ok(());
+        }
+        let me = self.shared.member_id.0;
+        let raised = self
+            .shared
+            .alarms()
+            .list(AlarmType::Nospace)
+            .iter()
+            .any(|a| a.member_id == me);
+        if !raised {
+            tracing::warn!(
+                size,
+                quota = self.shared.quota_backend_bytes,
+                "the backend reached its quota: raising NOSPACE"
+            );
+            // As in etcd, the refusal does not depend on the alarm's own outcome.
+            let _ = self
+                .propose(InternalRaftRequest {
+                    alarm: Some(AlarmRequest {
+                        action: AlarmAction::Activate as i32,
+                        member_id: me,
+                        alarm: AlarmType::Nospace as i32,
+                    }),
+                    ..Default::default()
+                })
+                .await;
+        }
+        Err(EtcdError::NoSpace.into())
     }
 
     /// Defragments this member's backend and waits until it is done (no timeout: a large
@@ -1385,7 +1443,17 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// Publishes the backend file's size for the quota check.
+    fn note_db_size(&self) -> Result<(), NodeError> {
+        let size = self.kv.backend().size_bytes()?;
+        self.shared.db_file_bytes.store(size, Ordering::Release);
+        Ok(())
+    }
+
     fn reload_membership(&mut self) -> Result<(), NodeError> {
+        self.note_db_size()?;
+        let alarms = Alarms::load(&self.kv.backend().begin_read()?)?;
+        *self.shared.alarms.write().expect("alarms lock") = alarms;
         let m = Membership::load(&self.kv.backend().begin_read()?)?;
         self.transport
             .set_peers(&peer_list(&m, self.shared.member_id, &self.join_peers));
@@ -1430,6 +1498,9 @@ impl RaftLoop {
         let shared = self.shared.clone();
         let mut lessor = shared.lessor.lock().expect("lessor lock");
         let mut compacted = false;
+        let mut alarms = self.shared.alarms();
+        let no_space_before = alarms.no_space();
+        let mut alarms_changed = false;
         let mut membership_changed = false;
         let mut conf_changed = false;
         let mut batch = kv.begin_batch()?;
@@ -1453,6 +1524,14 @@ impl RaftLoop {
                     } else if let Some(c) = &req.compaction {
                         compacted = true;
                         apply::apply_compaction(&mut batch, c.revision)?
+                    } else if let Some(a) = &req.alarm {
+                        let changed = alarms.apply(batch.backend_tx(), a)?;
+                        alarms_changed |= !changed.is_empty();
+                        Ok(ApplyResponse::Alarm(changed))
+                    } else if alarms.no_space() && alarms::grows_store(&req) {
+                        // etcd's capped applier: nothing that grows the store while
+                        // NOSPACE is raised.
+                        Err(EtcdError::NoSpace)
                     } else if let Some(result) =
                         lease::apply_lease_request(&mut batch, &mut lessor, &req, e.index)?
                     {
@@ -1497,6 +1576,7 @@ impl RaftLoop {
         self.metrics
             .backend_commit_duration
             .observe(start.elapsed());
+        self.note_db_size()?;
         // Watchers hear of the batch before its proposers do, as in etcd.
         self.shared
             .watch
@@ -1509,6 +1589,20 @@ impl RaftLoop {
             self.entries_since_durable += n;
         }
         self.set_applied(last.index);
+        if alarms_changed {
+            if alarms.no_space() != no_space_before {
+                tracing::warn!(
+                    raised = alarms.no_space(),
+                    "NOSPACE alarm changed: writes that grow the store are {}",
+                    if alarms.no_space() {
+                        "refused"
+                    } else {
+                        "allowed again"
+                    }
+                );
+            }
+            *self.shared.alarms.write().expect("alarms lock") = alarms;
+        }
         if membership_changed {
             let m = self
                 .pending_membership
@@ -1715,6 +1809,7 @@ impl RaftLoop {
             .map_err(|e| e.to_string());
         let took = start.elapsed();
         self.metrics.backend_defrag_duration.observe(took);
+        self.note_db_size()?;
         // Keep-alives waited in the queue meanwhile: leases must not expire for that.
         self.shared
             .lessor

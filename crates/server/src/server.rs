@@ -88,6 +88,11 @@ impl Server {
             request_timeout: config.request_timeout(),
             bootstrap,
             pre_vote: config.pre_vote,
+            quota_backend_bytes: if config.quota_backend_bytes == 0 {
+                crate::config::DEFAULT_QUOTA_BACKEND_BYTES
+            } else {
+                config.quota_backend_bytes
+            },
             runtime: tokio::runtime::Handle::current(),
         };
         // Bind first, as etcd does: a port in use fails the start before the data

@@ -1,7 +1,7 @@
 //! Multi-member behaviour (issue 4): membership changes with etcd's answers, learners,
 //! MoveLeader, catch-up by snapshot, a new member joining a loaded cluster, and a
 //! minority that never answers a write or a linearizable read with success, and
-//! defragmentation of every member under writes.
+//! defragmentation of every member under writes, and the NOSPACE alarm as cluster state.
 
 use std::time::{Duration, Instant};
 
@@ -608,4 +608,104 @@ async fn defragment_every_member_under_writes() {
         },
     )
     .await;
+}
+
+// Goal: NOSPACE is cluster state. Once a member's backend reaches the quota, writes through
+// any member are refused and every member lists the alarm; after the space is freed on
+// every member (delete, compact, defragment) and the alarms are disarmed through another
+// member, writes go through everywhere again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nospace_is_cluster_wide_until_disarmed() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions};
+    let cluster = blocking(|| {
+        Cluster::start(
+            spec(3)
+                .extra_arg("--quota-backend-bytes")
+                .extra_arg("4194304"),
+        )
+    })
+    .unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let mut c = cluster.client(leader).await.unwrap();
+    let value = vec![b'v'; 64 * 1024];
+    let mut refused = false;
+    for i in 0..200 {
+        if let Err(e) = c.put(format!("big/{i:03}"), value.clone(), None).await {
+            assert!(message(e).contains("database space exceeded"));
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "64 KiB puts never reached a 4 MiB quota");
+    let mut f = cluster.client(follower).await.unwrap();
+    let err = f.put("small", "x", None).await.unwrap_err();
+    assert_eq!(message(err), "etcdserver: mvcc: database space exceeded");
+    for m in 0..3 {
+        let mc = cluster.client(m).await.unwrap();
+        eventually(
+            &format!("member {m} lists NOSPACE"),
+            Duration::from_secs(10),
+            || {
+                let mut mc = mc.clone();
+                async move {
+                    mc.alarm(AlarmAction::Get, AlarmType::None, None)
+                        .await
+                        .is_ok_and(|r| r.alarms().iter().any(|a| a.alarm() == AlarmType::Nospace))
+                }
+            },
+        )
+        .await;
+    }
+
+    let del = c
+        .delete("big/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let rev = del.header().unwrap().revision();
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    for m in 0..3 {
+        let mut mc = cluster.client(m).await.unwrap();
+        // A follower may not have applied the compaction yet: defragment once it has.
+        eventually(
+            &format!("member {m} applied the compaction"),
+            Duration::from_secs(10),
+            || {
+                let mut mc = mc.clone();
+                async move {
+                    count_serializable(&mut mc, "big/")
+                        .await
+                        .ok()
+                        .is_some_and(|c| c.0 == 0 && c.1 >= rev)
+                }
+            },
+        )
+        .await;
+        mc.defragment().await.unwrap();
+    }
+    let alarms = f
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    for a in alarms.alarms() {
+        let mut opts = AlarmOptions::new();
+        opts.with_member(a.member_id());
+        f.alarm(AlarmAction::Deactivate, a.alarm(), Some(opts))
+            .await
+            .unwrap();
+    }
+    for m in 0..3 {
+        let mc = cluster.client(m).await.unwrap();
+        eventually(
+            &format!("member {m} takes writes again"),
+            Duration::from_secs(10),
+            || {
+                let mut mc = mc.clone();
+                async move { mc.put(format!("after/{m}"), "x", None).await.is_ok() }
+            },
+        )
+        .await;
+    }
 }

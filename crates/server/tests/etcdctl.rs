@@ -147,3 +147,43 @@ fn etcdctl_commands() {
     );
     assert_eq!(ctl.ok(&["get", "k2", "--print-value-only"]), "v2\n");
 }
+
+// Goal: `etcdctl alarm list` and `alarm disarm` print what they print against etcd once
+// the backend quota raised NOSPACE (checked against etcd 3.4.23).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_alarm_list_and_disarm() {
+    if !etcdctl_available() {
+        println!("skipping: etcdctl is not installed (apt-get install etcd-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Retcd::start(
+        &dir.path().join("data"),
+        &["--quota-backend-bytes", "4194304"],
+    );
+    let mut c = s.client().await;
+    let value = vec![b'v'; 64 * 1024];
+    let mut refused = false;
+    for i in 0..200 {
+        if c.put(format!("big/{i:03}"), value.clone(), None)
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "64 KiB puts never reached a 4 MiB quota");
+    let ctl = Ctl {
+        endpoint: format!("127.0.0.1:{}", s.port),
+    };
+    let line = "memberID:10276657743932975437 alarm:NOSPACE \n";
+    assert_eq!(ctl.ok(&["alarm", "list"]), line);
+    let (ok, _, err) = ctl.run(&["put", "a", "b"], None);
+    assert!(
+        !ok && err.contains("etcdserver: mvcc: database space exceeded"),
+        "{err}"
+    );
+    assert_eq!(ctl.ok(&["alarm", "disarm"]), line);
+    assert_eq!(ctl.ok(&["alarm", "list"]), "");
+}

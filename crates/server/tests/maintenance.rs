@@ -1,6 +1,7 @@
-//! The Maintenance service's Defragment and Hash through a client nobody here wrote (the
-//! `etcd-client` crate), against the real binary. (Status, HashKV and MoveLeader are
-//! covered with the KV and cluster tests; `etcdctl defrag` in `etcdctl.rs`.)
+//! The Maintenance service's Defragment, Hash and Alarm (with the backend quota) through a
+//! client nobody here wrote (the `etcd-client` crate), against the real binary. (Status,
+//! HashKV and MoveLeader are covered with the KV and cluster tests; `etcdctl defrag` and
+//! `etcdctl alarm` in `etcdctl.rs`.)
 
 mod common;
 
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Retcd;
-use etcd_client::{CompactionOptions, DeleteOptions, GetOptions};
+use common::{Retcd, status_of};
+use etcd_client::{
+    AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions, GetOptions, Txn, TxnOp,
+};
 
 const BIG_VALUES: usize = 40;
 const BIG_VALUE_BYTES: usize = 256 * 1024;
@@ -149,4 +152,143 @@ async fn wait_published(c: &mut etcd_client::Client) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+fn assert_no_space(r: Result<impl std::fmt::Debug, etcd_client::Error>, what: &str) {
+    let status = status_of(r.expect_err(what));
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::ResourceExhausted, NO_SPACE),
+        "{what}"
+    );
+}
+
+// Goal: etcd's quota and NOSPACE alarm. A put that would take the backend to
+// --quota-backend-bytes is refused with etcd's error and raises NOSPACE for this member.
+// While it is raised, puts, writing txns and lease grants are refused; reads, deletes,
+// compaction and defragment work; writes stay refused after space was freed and across a
+// restart, until the alarm is disarmed; /health says why meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_raises_nospace_until_the_alarm_is_disarmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let quota = 4 * 1024 * 1024;
+    let args = ["--quota-backend-bytes", "4194304"];
+    let mut s = Retcd::start(&data, &args);
+    let mut c = s.client().await;
+    let me = c.status().await.unwrap().header().unwrap().member_id();
+    assert!(
+        c.alarm(AlarmAction::Get, AlarmType::None, None)
+            .await
+            .unwrap()
+            .alarms()
+            .is_empty()
+    );
+
+    let value = vec![b'v'; 64 * 1024];
+    let mut refused = None;
+    for i in 0..200 {
+        if let Err(e) = c.put(format!("big/{i:03}"), value.clone(), None).await {
+            refused = Some((i, status_of(e)));
+            break;
+        }
+    }
+    let (accepted, status) = refused.expect("64 KiB puts never reached a 4 MiB quota");
+    assert!(accepted > 0);
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::ResourceExhausted, NO_SPACE)
+    );
+    let size = c.status().await.unwrap().db_size();
+    assert!(size + 64 * 1024 + 256 >= quota, "refused at {size} bytes");
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    let raised: Vec<(u64, AlarmType)> = alarms
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect();
+    assert_eq!(raised, [(me, AlarmType::Nospace)]);
+    let (code, body) = common::http_get(s.port, "/health").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("\"reason\":\"ALARM NOSPACE\""), "{body}");
+    assert_eq!(
+        common::http_get(s.port, "/health?exclude=NOSPACE")
+            .unwrap()
+            .0,
+        200
+    );
+
+    // Capped: nothing that grows the store, whatever its size.
+    assert_no_space(c.put("small", "x", None).await, "a small put");
+    let txn = Txn::new().and_then([TxnOp::put("t", "x", None)]);
+    assert_no_space(c.txn(txn).await, "a txn with a put");
+    assert_no_space(c.lease_grant(60, None).await, "a lease grant");
+    // Reads, deletes, compaction and defragment go on and free the space.
+    let got = c.get(
+        "big/",
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    );
+    assert_eq!(got.await.unwrap().count(), accepted as i64);
+    let del = c
+        .delete("big/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let rev = del.header().unwrap().revision();
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    c.defragment().await.unwrap();
+    assert!(c.status().await.unwrap().db_size() < quota / 2);
+    assert_no_space(
+        c.put("small", "x", None).await,
+        "a put after space was freed",
+    );
+
+    // The alarm is replicated state: it survives a restart.
+    // (/health stays false while the alarm is raised, so readiness is asked without it.)
+    s.terminate();
+    let s = Retcd::spawn_with(&data, s.port, &args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        common::http_get(s.port, "/health?exclude=NOSPACE"),
+        Ok((200, _))
+    ) {
+        assert!(Instant::now() < deadline, "no restart:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(common::http_get(s.port, "/health").unwrap().0, 503);
+    let mut c = s.client().await;
+    assert_no_space(c.put("small", "x", None).await, "a put after a restart");
+
+    // CORRUPT cannot be raised by hand (nothing would honour it).
+    let corrupt = c
+        .alarm(AlarmAction::Activate, AlarmType::Corrupt, None)
+        .await;
+    assert_eq!(
+        status_of(corrupt.unwrap_err()).code(),
+        tonic::Code::Unimplemented
+    );
+
+    let mut disarm = AlarmOptions::new();
+    disarm.with_member(me);
+    let cleared = c
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(disarm))
+        .await
+        .unwrap();
+    assert_eq!(cleared.alarms().len(), 1);
+    assert!(
+        c.alarm(AlarmAction::Get, AlarmType::None, None)
+            .await
+            .unwrap()
+            .alarms()
+            .is_empty()
+    );
+    c.put("small", "x", None).await.unwrap();
+    c.lease_grant(60, None).await.unwrap();
+    assert_eq!(common::http_get(s.port, "/health").unwrap().0, 200);
 }

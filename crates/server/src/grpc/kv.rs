@@ -19,6 +19,7 @@ use retcd_api::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::alarms;
 use crate::apply::{self, ApplyResponse};
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
@@ -54,6 +55,7 @@ impl KvService {
         require_leader(&req, &self.node)?;
         let r = req.into_inner();
         check_put(&r)?;
+        self.node.check_quota(alarms::put_cost(&r)).await?;
         let out = self
             .node
             .propose(InternalRaftRequest {
@@ -96,6 +98,9 @@ impl KvService {
         // Checked after the cheap checks, so a huge request cannot make this quadratic.
         check_intervals(&r.success)?;
         check_intervals(&r.failure)?;
+        // As etcd, every txn passes the quota check, read-only ones included (they cost
+        // nothing, so they fail only once the backend is at the quota).
+        self.node.check_quota(alarms::txn_cost(&r)).await?;
         let shared = self.node.shared();
         if apply::txn_is_read_only(&r) {
             // etcd serves read-only txns like ranges: no Raft entry, one read view.

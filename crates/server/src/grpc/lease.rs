@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::alarms;
 use crate::apply::ApplyResponse;
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
@@ -66,6 +67,7 @@ impl LeaseService {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
         r.ttl = r.ttl.max(self.min_ttl);
+        self.node.check_quota(alarms::lease_grant_cost(&r)).await?;
         while r.id == 0 {
             r.id = (self.node.new_id() & (i64::MAX as u64)) as i64;
         }

@@ -1,18 +1,19 @@
-//! The Maintenance service: Status, Hash, HashKV, Defragment and MoveLeader (and Alarm
-//! listing, which is empty until alarms exist); the rest answers `Unimplemented` for now.
+//! The Maintenance service: Status, Alarm (NOSPACE; see `alarms.rs`), Hash, HashKV,
+//! Defragment and MoveLeader; Snapshot and Downgrade answer `Unimplemented` for now.
 
 use std::sync::Arc;
 
 use retcd_api::etcdserverpb::maintenance_server::Maintenance;
 use retcd_api::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    alarm_request,
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    InternalRaftRequest, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse, alarm_request,
 };
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::apply::ApplyResponse;
 use crate::config::{DEFAULT_QUOTA_BACKEND_BYTES, SERVER_VERSION};
 use crate::errors::RequestError;
 use crate::ids::MemberId;
@@ -95,6 +96,43 @@ impl MaintenanceService {
         })
     }
 
+    /// GET lists this member's view of the raised alarms (of one type, or all for NONE);
+    /// ACTIVATE and DEACTIVATE go through Raft and answer with the alarm that changed.
+    async fn alarm_inner(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+        let shared = self.node.shared().clone();
+        let action = alarm_request::AlarmAction::try_from(req.action)
+            .unwrap_or(alarm_request::AlarmAction::Get);
+        if action == alarm_request::AlarmAction::Get {
+            let of = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
+            return Ok(AlarmResponse {
+                header: Some(shared.header(None)),
+                alarms: shared.alarms().list(of),
+            });
+        }
+        if action == alarm_request::AlarmAction::Activate && req.alarm == AlarmType::Corrupt as i32
+        {
+            // A CORRUPT alarm would have to stop reads too; retcd has no corruption
+            // checker to raise one, so it refuses rather than store an alarm it ignores.
+            return Err(unimplemented("the CORRUPT alarm"));
+        }
+        let out = self
+            .node
+            .propose(InternalRaftRequest {
+                alarm: Some(req),
+                ..Default::default()
+            })
+            .await?;
+        let ApplyResponse::Alarm(alarms) = out else {
+            return Err(
+                RequestError::Internal(format!("an alarm was answered with {out:?}")).into(),
+            );
+        };
+        Ok(AlarmResponse {
+            header: Some(shared.header(None)),
+            alarms,
+        })
+    }
+
     async fn hash_inner(&self) -> Result<HashResponse, RequestError> {
         let shared = self.node.shared().clone();
         let kv = shared.kv.clone();
@@ -134,15 +172,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised yet (quota and corruption checks come later), so the
-        // list is always empty; changing alarms is not supported yet.
-        if req.get_ref().action != alarm_request::AlarmAction::Get as i32 {
-            return Err(unimplemented("alarm activate/deactivate"));
-        }
-        Ok(Response::new(AlarmResponse {
-            header: Some(self.node.shared().header(None)),
-            alarms: Vec::new(),
-        }))
+        Ok(Response::new(self.alarm_inner(req.into_inner()).await?))
     }
 
     async fn status(
