@@ -213,6 +213,11 @@ async fn quota_raises_nospace_until_the_alarm_is_disarmed() {
         .map(|a| (a.member_id(), a.alarm()))
         .collect();
     assert_eq!(raised, [(me, AlarmType::Nospace)]);
+    // etcd lists raised alarms in Status's errors, in gogoproto's text form.
+    assert_eq!(
+        c.status().await.unwrap().errors(),
+        [format!("memberID:{me} alarm:NOSPACE ")]
+    );
     let (code, body) = common::http_get(s.port, "/health").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("\"reason\":\"ALARM NOSPACE\""), "{body}");

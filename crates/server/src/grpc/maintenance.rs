@@ -13,6 +13,7 @@ use retcd_api::etcdserverpb::{
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::alarms::Alarms;
 use crate::apply::ApplyResponse;
 use crate::config::{DEFAULT_QUOTA_BACKEND_BYTES, SERVER_VERSION};
 use crate::errors::RequestError;
@@ -49,7 +50,7 @@ impl MaintenanceService {
             raft_index: shared.committed_index(),
             raft_term: shared.term(),
             raft_applied_index: shared.applied_index(),
-            errors: Vec::new(),
+            errors: status_errors(shared.leader(), &shared.alarms()),
             db_size_in_use: in_use as i64,
             is_learner: shared.is_learner(),
             db_size_quota: if self.quota_backend_bytes == 0 {
@@ -161,6 +162,20 @@ impl MaintenanceService {
             hash_revision: hash.hash_revision,
         })
     }
+}
+
+/// etcd's `StatusResponse.errors`: "no leader" when there is none, then each raised alarm
+/// in gogoproto's text form (`memberID:<id> alarm:<TYPE> `, trailing space included).
+fn status_errors(leader: u64, alarms: &Alarms) -> Vec<String> {
+    let mut errors = Vec::new();
+    if leader == 0 {
+        errors.push(EtcdError::NoLeader.message().to_string());
+    }
+    for a in alarms.list(AlarmType::None) {
+        let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+        errors.push(format!("memberID:{} alarm:{name} ", a.member_id));
+    }
+    errors
 }
 
 fn unimplemented(what: &str) -> Status {
