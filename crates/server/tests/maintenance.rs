@@ -13,6 +13,8 @@ use common::{Retcd, status_of};
 use etcd_client::{
     AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions, GetOptions, Txn, TxnOp,
 };
+use retcd_api::etcdserverpb as pb;
+use retcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 
 const BIG_VALUES: usize = 40;
 const BIG_VALUE_BYTES: usize = 256 * 1024;
@@ -278,6 +280,16 @@ async fn quota_raises_nospace_until_the_alarm_is_disarmed() {
         status_of(corrupt.unwrap_err()).code(),
         tonic::Code::Unimplemented
     );
+    // Nor can a type etcd does not define.
+    let mut raw = MaintenanceClient::connect(s.endpoint()).await.unwrap();
+    let unknown = raw
+        .alarm(pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: me,
+            alarm: 7,
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     let mut disarm = AlarmOptions::new();
     disarm.with_member(me);

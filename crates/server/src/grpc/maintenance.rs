@@ -110,11 +110,20 @@ impl MaintenanceService {
                 alarms: shared.alarms().list(of),
             });
         }
-        if action == alarm_request::AlarmAction::Activate && req.alarm == AlarmType::Corrupt as i32
-        {
-            // A CORRUPT alarm would have to stop reads too; retcd has no corruption
-            // checker to raise one, so it refuses rather than store an alarm it ignores.
-            return Err(unimplemented("the CORRUPT alarm"));
+        if action == alarm_request::AlarmAction::Activate {
+            match AlarmType::try_from(req.alarm) {
+                Ok(AlarmType::Nospace | AlarmType::None) => {}
+                // A CORRUPT alarm would have to stop reads too; retcd has no corruption
+                // checker to raise one, so it refuses rather than store an alarm it
+                // would ignore.
+                Ok(AlarmType::Corrupt) => return Err(unimplemented("the CORRUPT alarm")),
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown alarm type {}",
+                        req.alarm
+                    )));
+                }
+            }
         }
         let out = self
             .node
