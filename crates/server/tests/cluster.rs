@@ -399,6 +399,21 @@ async fn minority_never_answers_success() {
                 "the minority answered a linearizable read"
             );
         }
+        // Status still answers on the minority and says why it cannot serve (etcd's
+        // StatusResponse.errors).
+        eventually(
+            "the isolated member reports no leader",
+            Duration::from_secs(10),
+            || {
+                let mut m = m.clone();
+                async move {
+                    m.status().await.is_ok_and(|s| {
+                        s.leader() == 0 && s.errors() == ["etcdserver: no leader".to_string()]
+                    })
+                }
+            },
+        )
+        .await;
         // The majority elects a leader if it lost one and takes writes.
         eventually("the majority takes writes", Duration::from_secs(10), || {
             let mut ok = ok.clone();
