@@ -18,7 +18,7 @@ pub const SERVER_VERSION: &str = "3.5.17";
 /// The cluster version on `/version`.
 pub const CLUSTER_VERSION: &str = "3.5.0";
 /// etcd's backend quota when `--quota-backend-bytes` is 0: 2 GiB.
-pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// etcd flags retcd does not implement yet. Giving one is an error that names it.
 const UNSUPPORTED_FLAGS: &[&str] = &[
@@ -430,6 +430,15 @@ impl Config {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// `--quota-backend-bytes` with etcd's default (2 GiB) in place of 0.
+    pub fn backend_quota(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA_BACKEND_BYTES
+        } else {
+            self.quota_backend_bytes
+        }
     }
 
     /// How long a client request may wait for its answer (etcd: 5 s plus two election

@@ -23,7 +23,6 @@ const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the handlers share.
 pub struct HttpState {
     pub node: Arc<NodeHandle>,
-    pub quota_backend_bytes: u64,
 }
 
 /// Adds the HTTP endpoints to `router` (the gRPC services' router), and answers unknown
@@ -218,11 +217,7 @@ async fn metrics(s: &HttpState) -> Response {
     let scrape = ScrapeValues {
         db_total_size_bytes: sizes.0 as i64,
         db_total_size_in_use_bytes: sizes.1 as i64,
-        quota_backend_bytes: if s.quota_backend_bytes == 0 {
-            crate::config::DEFAULT_QUOTA_BACKEND_BYTES
-        } else {
-            s.quota_backend_bytes
-        } as i64,
+        quota_backend_bytes: shared.quota_backend_bytes() as i64,
         current_revision: shared.kv.current_revision(),
         compact_revision: shared.kv.compact_revision(),
         watch_streams: stats.streams.load(Ordering::Relaxed),

@@ -209,6 +209,10 @@ impl Shared {
     pub fn is_leader(&self) -> bool {
         self.role.load(Ordering::Acquire) == 1
     }
+    /// The backend quota in bytes (`--quota-backend-bytes`, etcd's default for 0).
+    pub fn quota_backend_bytes(&self) -> u64 {
+        self.quota_backend_bytes
+    }
     /// The raised alarms as of the applied index.
     pub fn alarms(&self) -> Alarms {
         self.alarms.read().expect("alarms lock").clone()
@@ -589,8 +593,10 @@ impl NodeHandle {
             conf_state,
         } = recover_or_bootstrap(&cfg, &layout, &snapshotter, &kv)?;
         let ci = kv.consistent_index();
-        let membership = Membership::load(&kv.backend().begin_read()?)?;
-        let alarms = Alarms::load(&kv.backend().begin_read()?)?;
+        let (membership, alarms) = {
+            let tx = kv.backend().begin_read()?;
+            (Membership::load(&tx)?, Alarms::load(&tx)?)
+        };
 
         let mut raft_cfg = retcd_raft::Config::new(member_id.0);
         raft_cfg.election_tick = cfg.election_ticks;
@@ -1420,6 +1426,9 @@ impl RaftLoop {
         install_image(&self.kv, &image)?;
         self.shared.watch.restored();
         *self.shared.lessor.lock().expect("lessor lock") = Lessor::load(&self.kv)?;
+        *self.shared.alarms.write().expect("alarms lock") =
+            Alarms::load(&self.kv.backend().begin_read()?)?;
+        self.note_db_size()?;
         let ci = self.kv.consistent_index();
         self.storage.apply_snapshot(snap.clone())?;
         self.conf_state = snap.metadata.conf_state.clone();
@@ -1451,9 +1460,6 @@ impl RaftLoop {
     }
 
     fn reload_membership(&mut self) -> Result<(), NodeError> {
-        self.note_db_size()?;
-        let alarms = Alarms::load(&self.kv.backend().begin_read()?)?;
-        *self.shared.alarms.write().expect("alarms lock") = alarms;
         let m = Membership::load(&self.kv.backend().begin_read()?)?;
         self.transport
             .set_peers(&peer_list(&m, self.shared.member_id, &self.join_peers));

@@ -88,11 +88,7 @@ impl Server {
             request_timeout: config.request_timeout(),
             bootstrap,
             pre_vote: config.pre_vote,
-            quota_backend_bytes: if config.quota_backend_bytes == 0 {
-                crate::config::DEFAULT_QUOTA_BACKEND_BYTES
-            } else {
-                config.quota_backend_bytes
-            },
+            quota_backend_bytes: config.backend_quota(),
             runtime: tokio::runtime::Handle::current(),
         };
         // Bind first, as etcd does: a port in use fails the start before the data
@@ -109,7 +105,6 @@ impl Server {
         let limits = ServiceLimits {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
-            quota_backend_bytes: config.quota_backend_bytes,
             watch_progress_notify_interval: config.watch_progress_notify_interval,
             election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
             min_lease_ttl: crate::lease::min_ttl(
@@ -119,10 +114,7 @@ impl Server {
         };
         let router = http::add_routes(
             grpc::router(node.clone(), limits),
-            Arc::new(HttpState {
-                node: node.clone(),
-                quota_backend_bytes: config.quota_backend_bytes,
-            }),
+            Arc::new(HttpState { node: node.clone() }),
         );
 
         let (stop_accepting, stop_rx) = watch::channel(false);

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::alarms::Alarms;
 use crate::apply::ApplyResponse;
-use crate::config::{DEFAULT_QUOTA_BACKEND_BYTES, SERVER_VERSION};
+use crate::config::SERVER_VERSION;
 use crate::errors::RequestError;
 use crate::ids::MemberId;
 use crate::raft_node::NodeHandle;
@@ -24,15 +24,11 @@ use std::time::Duration;
 
 pub struct MaintenanceService {
     node: Arc<NodeHandle>,
-    quota_backend_bytes: u64,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<NodeHandle>, quota_backend_bytes: u64) -> Self {
-        MaintenanceService {
-            node,
-            quota_backend_bytes,
-        }
+    pub fn new(node: Arc<NodeHandle>) -> Self {
+        MaintenanceService { node }
     }
 
     async fn status_inner(&self) -> Result<StatusResponse, RequestError> {
@@ -53,11 +49,7 @@ impl MaintenanceService {
             errors: status_errors(shared.leader(), &shared.alarms()),
             db_size_in_use: in_use as i64,
             is_learner: shared.is_learner(),
-            db_size_quota: if self.quota_backend_bytes == 0 {
-                DEFAULT_QUOTA_BACKEND_BYTES
-            } else {
-                self.quota_backend_bytes
-            } as i64,
+            db_size_quota: shared.quota_backend_bytes() as i64,
             ..Default::default()
         })
     }

@@ -41,7 +41,6 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub struct ServiceLimits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
-    pub quota_backend_bytes: u64,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: std::time::Duration,
     /// `--election-timeout`, for watch streams that require a leader.
@@ -194,7 +193,7 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
     ))
     .add_service(limited!(
         MaintenanceServer,
-        maintenance::MaintenanceService::new(node.clone(), limits.quota_backend_bytes)
+        maintenance::MaintenanceService::new(node.clone())
     ))
     .add_service(watch::WatchRoute::new(
         watch::WatchService::new(
