@@ -3,6 +3,8 @@
 //! minority that never answers a write or a linearizable read with success, and
 //! defragmentation of every member under writes, and the NOSPACE alarm as cluster state.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -643,16 +645,8 @@ async fn nospace_is_cluster_wide_until_disarmed() {
     let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
     let follower = (leader + 1) % 3;
     let mut c = cluster.client(leader).await.unwrap();
-    let value = vec![b'v'; 64 * 1024];
-    let mut refused = false;
-    for i in 0..200 {
-        if let Err(e) = c.put(format!("big/{i:03}"), value.clone(), None).await {
-            assert!(message(e).contains("database space exceeded"));
-            refused = true;
-            break;
-        }
-    }
-    assert!(refused, "64 KiB puts never reached a 4 MiB quota");
+    let (_, refusal) = common::put_until_refused(&mut c, 200).await;
+    assert!(refusal.message().contains("database space exceeded"));
     let mut f = cluster.client(follower).await.unwrap();
     let err = f.put("small", "x", None).await.unwrap_err();
     assert_eq!(message(err), "etcdserver: mvcc: database space exceeded");

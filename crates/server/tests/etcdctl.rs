@@ -162,18 +162,7 @@ async fn etcdctl_alarm_list_and_disarm() {
         &["--quota-backend-bytes", "4194304"],
     );
     let mut c = s.client().await;
-    let value = vec![b'v'; 64 * 1024];
-    let mut refused = false;
-    for i in 0..200 {
-        if c.put(format!("big/{i:03}"), value.clone(), None)
-            .await
-            .is_err()
-        {
-            refused = true;
-            break;
-        }
-    }
-    assert!(refused, "64 KiB puts never reached a 4 MiB quota");
+    common::put_until_refused(&mut c, 200).await;
     let ctl = Ctl {
         endpoint: format!("127.0.0.1:{}", s.port),
     };

@@ -189,15 +189,7 @@ async fn quota_raises_nospace_until_the_alarm_is_disarmed() {
             .is_empty()
     );
 
-    let value = vec![b'v'; 64 * 1024];
-    let mut refused = None;
-    for i in 0..200 {
-        if let Err(e) = c.put(format!("big/{i:03}"), value.clone(), None).await {
-            refused = Some((i, status_of(e)));
-            break;
-        }
-    }
-    let (accepted, status) = refused.expect("64 KiB puts never reached a 4 MiB quota");
+    let (accepted, status) = common::put_until_refused(&mut c, 200).await;
     assert!(accepted > 0);
     assert_eq!(
         (status.code(), status.message()),

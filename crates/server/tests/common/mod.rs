@@ -267,3 +267,16 @@ pub fn status_of(e: etcd_client::Error) -> tonic::Status {
         other => panic!("expected a gRPC status, got {other:?}"),
     }
 }
+
+/// Puts 64 KiB values under `big/` until the server refuses one (the tests that fill a
+/// 4 MiB backend quota); returns how many went through and the refusal. Panics when
+/// `max` puts all went through.
+pub async fn put_until_refused(c: &mut etcd_client::Client, max: usize) -> (usize, tonic::Status) {
+    let value = vec![b'v'; 64 * 1024];
+    for i in 0..max {
+        if let Err(e) = c.put(format!("big/{i:03}"), value.clone(), None).await {
+            return (i, status_of(e));
+        }
+    }
+    panic!("{max} puts of 64 KiB were never refused");
+}
