@@ -29,7 +29,7 @@
 //! - A read transaction sees one commit's data for its whole life.
 //! - The consistent index never decreases (asserted in [`meta::write_consistent_index`]).
 //! - [`RedbBackend`]'s commit is durable when it returns (redb `Durability::Immediate`),
-//!   unless the transaction opted out with [`RedbWriteTx::set_durable`]; such a commit is
+//!   unless the transaction opted out with [`WriteTx::set_durable`]; such a commit is
 //!   made durable by the next durable one, and a crash before that loses it whole.
 //!
 //! The on-disk format is described in `docs/storage-format.md`.

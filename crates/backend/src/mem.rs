@@ -124,6 +124,10 @@ impl ReadTx for MemWriteTx<'_> {
 }
 
 impl WriteTx for MemWriteTx<'_> {
+    fn set_durable(&mut self, _durable: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
         Arc::make_mut(&mut self.image.buckets[bucket.index()]).insert(key.to_vec(), value.to_vec());
         Ok(())

@@ -6,7 +6,7 @@
 //! last commit whose checksums verify, which is the last durable commit that returned `Ok`.
 //! The apply layer batches many Raft entries into one transaction to amortise that fsync.
 //!
-//! A transaction may opt out with [`RedbWriteTx::set_durable`]`(false)`: its commit is then
+//! A transaction may opt out with [`WriteTx::set_durable`]`(false)`: its commit is then
 //! visible to readers at once but reaches the disk only with the next durable commit. The
 //! server uses this for ordinary apply batches because the Raft WAL already holds every
 //! applied entry durably, and replays whatever a crash took from the backend (etcd's
@@ -179,20 +179,6 @@ pub struct RedbWriteTx {
 }
 
 impl RedbWriteTx {
-    /// Chooses whether [`WriteTx::commit`] waits for the data to be on stable storage
-    /// (`true`, the default) or only publishes it to readers (`false`). A non-durable commit
-    /// becomes durable with the next durable one; until then a crash discards it whole.
-    pub fn set_durable(&mut self, durable: bool) -> Result<(), BackendError> {
-        let durability = if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        self.tx
-            .set_durability(durability)
-            .map_err(|e| BackendError::Engine(e.to_string()))
-    }
-
     fn table(
         &self,
         bucket: Bucket,
@@ -218,6 +204,17 @@ impl ReadTx for RedbWriteTx {
 }
 
 impl WriteTx for RedbWriteTx {
+    fn set_durable(&mut self, durable: bool) -> Result<(), BackendError> {
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        self.tx
+            .set_durability(durability)
+            .map_err(|e| BackendError::Engine(e.to_string()))
+    }
+
     fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
         self.table(bucket)?
             .insert(key, value)

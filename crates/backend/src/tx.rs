@@ -51,6 +51,12 @@ pub trait WriteTx: ReadTx {
     /// Removes every entry of `bucket`.
     fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError>;
 
+    /// Chooses whether [`WriteTx::commit`] waits for the data to be on stable storage
+    /// (`true`, the default) or only publishes it to readers (`false`). A non-durable
+    /// commit becomes durable with the next durable one; until then a crash discards it
+    /// whole. Backends without durability ignore it.
+    fn set_durable(&mut self, durable: bool) -> Result<(), BackendError>;
+
     /// Makes every write of this transaction visible to new read transactions, atomically.
     ///
     /// Durability depends on the implementation: the redb backend returns only after the data

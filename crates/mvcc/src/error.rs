@@ -35,6 +35,11 @@ pub enum MvccError {
     /// are accepted until the store is reopened from the backend.
     #[error("mvcc: an earlier write batch failed; the store must be reopened")]
     Poisoned,
+    /// A write reached a transaction opened for reading only (a read-only txn served
+    /// outside Raft): a bug in the caller's read-only check, answered as an error rather
+    /// than a panic.
+    #[error("mvcc: a write reached a read-only transaction")]
+    ReadOnly,
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -1,9 +1,12 @@
-//! The one place where internal errors become wire errors.
+//! The one place where request errors become wire errors.
 //!
-//! Everything a request can fail with is a [`RequestError`]: either one of etcd's errors
-//! ([`EtcdError`], with etcd's exact code and message) or an internal failure. The gRPC
-//! services return `Result<_, RequestError>` and convert at their edge with
-//! `Status::from`, so no other module builds a `tonic::Status`.
+//! Everything a client request can fail with is a [`RequestError`]: one of etcd's errors
+//! ([`EtcdError`], with etcd's exact code and message), one of the few answers etcd gives
+//! without a message of its own (an unknown method, an unknown health service, an alarm
+//! type etcd does not define), or an internal failure. The client-facing services return
+//! `Result<_, RequestError>` and convert at their edge with `Status::from`, so no other
+//! client-facing module builds a `tonic::Status`. (The peer protocol, between members,
+//! builds its own: no client sees it.)
 
 use retcd_api::errors::EtcdError;
 use retcd_mvcc::MvccError;
@@ -18,6 +21,15 @@ pub enum RequestError {
     /// A failure of this member (storage, a stopped loop) that etcd has no message for.
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A method or feature this server does not serve (gRPC's `Unimplemented`).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A malformed request etcd refuses without an `etcdserver:` message.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Something asked for by name that does not exist (gRPC's `NotFound`).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<RequestError> for Status {
@@ -25,6 +37,9 @@ impl From<RequestError> for Status {
         match e {
             RequestError::Etcd(e) => Status::from(e),
             RequestError::Internal(msg) => Status::internal(format!("etcdserver: {msg}")),
+            RequestError::Unimplemented(msg) => Status::unimplemented(msg),
+            RequestError::InvalidArgument(msg) => Status::invalid_argument(msg),
+            RequestError::NotFound(msg) => Status::not_found(msg),
         }
     }
 }

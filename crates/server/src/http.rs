@@ -12,17 +12,18 @@ use axum::routing::get;
 use retcd_api::etcdserverpb::AlarmType;
 use retcd_mvcc::RangeOptions;
 
-use crate::alarms::Alarms;
+use crate::apply::Alarms;
 use crate::config::{CLUSTER_VERSION, SERVER_VERSION};
+use crate::errors::RequestError;
 use crate::metrics::ScrapeValues;
-use crate::raft_node::NodeHandle;
+use crate::node::Node;
 
 /// How long a health check's read may take before the member counts as unhealthy.
 const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the handlers share.
 pub struct HttpState {
-    pub node: Arc<NodeHandle>,
+    pub node: Node,
 }
 
 /// Adds the HTTP endpoints to `router` (the gRPC services' router), and answers unknown
@@ -63,9 +64,10 @@ async fn fallback(req: axum::extract::Request) -> Response {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        let (parts, ()) = tonic::Status::unimplemented("unknown service or method")
-            .into_http::<()>()
-            .into_parts();
+        let status = tonic::Status::from(RequestError::Unimplemented(
+            "unknown service or method".into(),
+        ));
+        let (parts, ()) = status.into_http::<()>().into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
     (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
@@ -94,12 +96,11 @@ fn query_flag(uri: &Uri, name: &str) -> bool {
 /// A read of the key "health" through the KV read path: serializable (local) or
 /// linearizable (after a ReadIndex).
 async fn read_check(s: &HttpState, linearizable: bool) -> Result<(), &'static str> {
-    let shared = s.node.shared();
-    if !shared.is_running() {
+    if !s.node.status.is_running() {
         return Err("RAFT LOOP STOPPED");
     }
     if linearizable {
-        match tokio::time::timeout(HEALTH_READ_TIMEOUT, s.node.read_index()).await {
+        match tokio::time::timeout(HEALTH_READ_TIMEOUT, s.node.handle.read_index()).await {
             Ok(Ok(())) => {}
             _ => return Err("QGET ERROR"),
         }
@@ -108,7 +109,8 @@ async fn read_check(s: &HttpState, linearizable: bool) -> Result<(), &'static st
         count_only: true,
         ..Default::default()
     };
-    shared
+    s.node
+        .store
         .kv
         .range(b"health", b"", opts)
         .map(|_| ())
@@ -140,27 +142,27 @@ fn alarm_reason(alarms: &Alarms, uri: &Uri) -> Option<&'static str> {
 /// 503: a raised alarm (unless `?exclude=` names its type), no leader, or a failed read.
 /// `?serializable=true` skips the ReadIndex.
 async fn health(s: &HttpState, uri: &Uri) -> Response {
-    let shared = s.node.shared();
-    let alarm = alarm_reason(&shared.alarms(), uri);
-    let result = if !shared.is_running() {
+    let status = &s.node.status;
+    let alarm = alarm_reason(&status.alarms(), uri);
+    let result = if !status.is_running() {
         Err("RAFT LOOP STOPPED")
     } else if let Some(reason) = alarm {
         Err(reason)
-    } else if shared.leader() == 0 {
+    } else if status.leader() == 0 {
         Err("RAFT NO LEADER")
     } else {
         read_check(s, !query_flag(uri, "serializable")).await
     };
     match result {
         Ok(()) => {
-            shared.metrics.health_success.inc();
+            s.node.metrics.health_success.inc();
             json(
                 StatusCode::OK,
                 "{\"health\":\"true\",\"reason\":\"\"}".to_string(),
             )
         }
         Err(reason) => {
-            shared.metrics.health_failures.inc();
+            s.node.metrics.health_failures.inc();
             tracing::warn!(reason, "serving /health false");
             json(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -208,23 +210,23 @@ async fn probe(s: &HttpState, uri: &Uri, name: &str, ready: bool) -> Response {
 }
 
 async fn metrics(s: &HttpState) -> Response {
-    let shared = s.node.shared().clone();
-    let measure = shared.clone();
+    let node = &s.node;
+    let measure = node.status.clone();
     let sizes = tokio::task::spawn_blocking(move || measure.db_sizes().unwrap_or((0, 0)))
         .await
         .unwrap_or((0, 0));
-    let stats = shared.watch.stats();
+    let stats = node.store.watch.stats();
     let scrape = ScrapeValues {
         db_total_size_bytes: sizes.0 as i64,
         db_total_size_in_use_bytes: sizes.1 as i64,
-        quota_backend_bytes: shared.quota_backend_bytes() as i64,
-        current_revision: shared.kv.current_revision(),
-        compact_revision: shared.kv.compact_revision(),
+        quota_backend_bytes: node.status.quota_backend_bytes() as i64,
+        current_revision: node.store.kv.current_revision(),
+        compact_revision: node.store.kv.compact_revision(),
         watch_streams: stats.streams.load(Ordering::Relaxed),
         watchers: stats.watchers.load(Ordering::Relaxed),
         slow_watchers: stats.slow_watchers.load(Ordering::Relaxed),
         watch_events: stats.events_delivered.load(Ordering::Relaxed),
-        watch_outbox_bytes: shared.watch.pending_bytes() as u64,
+        watch_outbox_bytes: node.store.watch.pending_bytes() as u64,
     };
     (
         StatusCode::OK,
@@ -232,7 +234,7 @@ async fn metrics(s: &HttpState) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(scrape),
+        node.metrics.render(scrape),
     )
         .into_response()
 }

@@ -1,71 +1,77 @@
 //! retcd's server: a durable, etcd-compatible member. The only crate that opens sockets
-//! and spawns tasks; everything below it (Raft core, WAL, backend, MVCC) is synchronous.
+//! and spawns tasks; everything below it (Raft core, WAL, backend, MVCC, lessor) is
+//! synchronous.
 //!
 //! # Place in the data flow
 //! ```text
 //! client --gRPC/HTTP--> grpc::<service>      validate (etcd's exact errors)
-//!   write: InternalRaftRequest --> raft_node (one OS thread) --> Raft --> WAL fsync
-//!          --> apply (one MVCC write batch per Ready, consistent index inside)
-//!          --> answer the proposer
+//!   write: InternalRaftRequest --> node (the raft loop, one OS thread) --> Raft
+//!          --> WAL fsync --> apply (one MVCC write batch per Ready, consistent index
+//!          inside) --> watchers --> answer the proposer
 //!   read:  serializable --> MVCC read view here
 //!          linearizable --> ReadIndex through the raft loop --> wait applied --> read view
+//! peers --peer gRPC--> peer::service --> node --> Raft
 //! ```
 //!
 //! # Modules, one per concern
 //! - [`config`]: etcd's flags and `ETCD_*` variables with etcd's defaults.
 //! - [`ids`]: member and cluster ids, computed exactly as etcd computes them.
-//! - `raft_node`: the raft loop thread and the async side's handle on it.
-//! - `apply`: the deterministic state machine (put, delete, txn, compaction, ranges).
-//! - `grpc`: one file per service; KV and Maintenance are implemented.
+//! - `node`: the raft loop (bootstrap and recovery, the turn, reads, snapshots) and the
+//!   handles the services get (`NodeHandle` for inputs, `NodeStatus` for what it
+//!   publishes, the store, the lease view).
+//! - `apply`: the deterministic state machine; every request kind is decided in one of
+//!   its files, behind a chain of gates (the NOSPACE cap today, auth next).
+//! - `membership`: members and their rules; `quota`: the backend quota before proposing.
+//! - `grpc`: one file per service; `peer`: the member-to-member protocol.
 //! - `http`: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: a small Prometheus registry with etcd's metric names.
-//! - `errors`: the one place internal errors become `tonic::Status`.
+//! - `errors`: the one place request errors become `tonic::Status`.
+//! - `clock`: the one place the server reads clocks.
 //! - `server`: listeners, wiring and ordered shutdown.
 //!
 //! # Decisions, and why
 //! - **One raft thread.** The Raft core, the WAL and MVCC's write batch (which is `!Send`)
 //!   live on one dedicated OS thread fed by a bounded channel. Blocking fsyncs stay off
 //!   the reactor, the core needs no lock, and the host's duties run in their required
-//!   order as straight-line code. The thread owns the clock and turns time into ticks;
-//!   the core and apply never read it.
+//!   order as straight-line code. The thread turns time into ticks; the core and apply
+//!   never read a clock.
 //! - **Batching.** Each turn takes every queued input before asking Raft for a `Ready`, so
 //!   concurrent writes share one WAL fsync and one backend transaction, and concurrent
 //!   linearizable reads share one ReadIndex.
 //! - **Durability.** A write is acknowledged only after its entry is fsynced in the WAL
 //!   and applied. Backend commits are durable only every 100 ms or 10,000 entries
-//!   (etcd's batch interval and limit), on compaction, before a snapshot and at shutdown:
-//!   the WAL already holds every entry, and replay after a crash is idempotent because
-//!   apply skips entries at or below the backend's consistent index, which commits in
-//!   the same transaction as their effects.
+//!   (etcd's batch interval and limit), on compaction and configuration changes, before
+//!   a snapshot and at shutdown: the WAL already holds every entry, and replay after a
+//!   crash is idempotent because apply skips entries at or below the backend's
+//!   consistent index, which commits in the same transaction as their effects.
 //! - **Log compaction.** After `--snapshot-count` entries a Raft snapshot records only
-//!   index, term and membership (the backend is the state), after a durable backend
+//!   index, term and configuration (the backend is the state), after a durable backend
 //!   commit covering it; WAL segments are purged below min(snapshot, durable consistent
-//!   index).
+//!   index). A member too far behind gets a backend image instead of the log.
 //! - **One port for gRPC and HTTP.** tonic's services become an axum router beside the
 //!   HTTP endpoints, served by hyper-util's auto builder (HTTP/1.1 and h2c), as etcd
 //!   serves both on its client URLs.
-//! - **Membership.** A single member, so the Raft configuration is "this member is the
-//!   only voter", derived from the member id in the WAL's metadata rather than replayed
-//!   from configuration-change entries. A fresh member campaigns at once instead of
-//!   waiting an election timeout. Multi-member clusters will keep membership in the
-//!   backend, as etcd does.
+//! - **Membership from the log.** A new cluster's log starts with one configuration
+//!   change per initial member, so every member, and every member that joins later,
+//!   derives the configuration from the log; the membership itself is stored in the
+//!   backend by apply, as etcd does.
 //! - **Fail-stop.** An I/O or corruption error from the WAL, MVCC or the backend stops
 //!   the raft loop: nobody is answered "success" for a write that may not be stored, and
 //!   the process exits non-zero.
 
-mod alarms;
 mod apply;
 mod authority;
+mod clock;
 pub mod config;
 mod errors;
 mod grpc;
 mod http;
 pub mod ids;
-mod lease;
 mod membership;
 pub mod metrics;
+mod node;
 mod peer;
-mod raft_node;
+mod quota;
 mod server;
 
 pub use server::{Server, run};

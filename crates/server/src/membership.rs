@@ -7,15 +7,18 @@
 //! entry's context is the member's record (`membershippb::Member`), so applying an entry
 //! needs nothing but the entry.
 //!
-//! [`Membership`] is the in-memory copy the raft loop keeps and publishes: the transport
-//! dials the peer URLs in it, the Cluster service lists it.
+//! [`Membership`] is the in-memory copy apply keeps and publishes: the transport dials
+//! the peer URLs in it, the Cluster service lists it. Its checks (`check_add`,
+//! `check_remove`, ...) are the rules of a change: the Cluster service runs them before
+//! proposing, for a quick and precise error, and apply (`apply/membership.rs`) runs them
+//! again on the entry, where the decision is made identically on every member.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
 use retcd_api::etcdserverpb;
 use retcd_api::membershippb;
-use retcd_backend::{Bucket, ReadTx, WriteTx};
+use retcd_backend::{Bucket, ReadTx};
 
 use crate::ids::MemberId;
 
@@ -78,10 +81,6 @@ impl Member {
     }
 }
 
-fn key(id: MemberId) -> Vec<u8> {
-    format!("{:016x}", id.0).into_bytes()
-}
-
 /// The members and the removed ids, as of some applied index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
@@ -100,6 +99,12 @@ pub enum Refusal {
 }
 
 impl Membership {
+    /// The backend key of member `id` in the `members` and `members_removed` buckets:
+    /// its id in 16 lowercase hex digits (etcd's).
+    pub fn key(id: MemberId) -> Vec<u8> {
+        format!("{:016x}", id.0).into_bytes()
+    }
+
     pub fn load<T: ReadTx + ?Sized>(tx: &T) -> Result<Membership, retcd_backend::BackendError> {
         let mut m = Membership::default();
         let mut bad = None;
@@ -190,30 +195,6 @@ impl Membership {
         if self.peer_url_taken(peer_urls, Some(id)) {
             return Err(Refusal::PeerUrlExists);
         }
-        Ok(())
-    }
-
-    /// Adds or replaces a member, in memory and in `tx`.
-    pub fn put<T: WriteTx + ?Sized>(
-        &mut self,
-        tx: &mut T,
-        m: Member,
-    ) -> Result<(), retcd_backend::BackendError> {
-        tx.put(Bucket::Members, &key(m.id), &m.encode())?;
-        self.members.insert(m.id, m);
-        Ok(())
-    }
-
-    /// Removes a member for good, in memory and in `tx`.
-    pub fn remove<T: WriteTx + ?Sized>(
-        &mut self,
-        tx: &mut T,
-        id: MemberId,
-    ) -> Result<(), retcd_backend::BackendError> {
-        tx.delete(Bucket::Members, &key(id))?;
-        tx.put(Bucket::MembersRemoved, &key(id), b"removed")?;
-        self.members.remove(&id);
-        self.removed.insert(id);
         Ok(())
     }
 }

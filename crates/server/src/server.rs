@@ -25,8 +25,9 @@ use crate::http::{self, HttpState};
 use crate::ids;
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
+use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig};
 use crate::peer::service::PeerService;
-use crate::raft_node::{Bootstrap, DataLayout, NodeConfig, NodeHandle};
+use crate::peer::transport::Transport;
 use retcd_api::peerpb::MembersRequest;
 use retcd_api::peerpb::peer_client::PeerClient;
 use retcd_api::peerpb::peer_server::PeerServer;
@@ -36,7 +37,7 @@ const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A started server: the raft loop and its listeners.
 pub struct Server {
-    node: Arc<NodeHandle>,
+    node: Node,
     addrs: Vec<SocketAddr>,
     stop_accepting: watch::Sender<bool>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -89,7 +90,6 @@ impl Server {
             bootstrap,
             pre_vote: config.pre_vote,
             quota_backend_bytes: config.backend_quota(),
-            runtime: tokio::runtime::Handle::current(),
         };
         // Bind first, as etcd does: a port in use fails the start before the data
         // directory is touched. Connections wait in the backlog until serving starts.
@@ -97,7 +97,11 @@ impl Server {
         let peer_listeners = bind_all(config.peer_listen_urls()?).await?;
         let metrics = Arc::new(Metrics::default());
         // Opening the backend and replaying the WAL block: off the reactor.
-        let node = tokio::task::spawn_blocking(move || NodeHandle::start(node_cfg, metrics))
+        let runtime = tokio::runtime::Handle::current();
+        let transport = move |member, cluster, events| -> Box<dyn node::Network> {
+            Box::new(Transport::new(runtime, member, cluster, events))
+        };
+        let node = tokio::task::spawn_blocking(move || node::start(node_cfg, metrics, transport))
             .await
             .context("raft loop start panicked")?
             .context("cannot start the member")?;
@@ -107,13 +111,13 @@ impl Server {
             max_txn_ops: config.max_txn_ops as usize,
             watch_progress_notify_interval: config.watch_progress_notify_interval,
             election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
-            min_lease_ttl: crate::lease::min_ttl(
+            min_lease_ttl: retcd_lease::min_ttl(
                 config.heartbeat_interval(),
                 config.election_ticks(),
             ),
         };
         let router = http::add_routes(
-            grpc::router(node.clone(), limits),
+            grpc::router(&node, limits),
             Arc::new(HttpState { node: node.clone() }),
         );
 
@@ -133,7 +137,7 @@ impl Server {
             )));
         }
         let peer_router = tonic::service::Routes::new(
-            PeerServer::new(PeerService::new(node.clone()))
+            PeerServer::new(PeerService::new(node.handle.clone(), node.status.clone()))
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
         )
@@ -149,14 +153,15 @@ impl Server {
             )));
         }
         tokio::spawn(publish_attributes(
-            node.clone(),
+            node.handle.clone(),
+            node.status.clone(),
             config.name.clone(),
             config.advertise_client_urls.clone(),
         ));
         tracing::info!(
             name = %config.name,
-            member_id = %node.shared().member_id,
-            cluster_id = %node.shared().cluster_id,
+            member_id = %node.status.member_id(),
+            cluster_id = %node.status.cluster_id(),
             "ready to serve client requests"
         );
         Ok(Server {
@@ -183,14 +188,14 @@ impl Server {
                 tracing::info!("shutting down");
                 false
             }
-            () = self.node.stopped() => true,
+            () = self.node.status.stopped() => true,
         };
         self.stop_accepting.send_replace(true);
         for task in self.accept_tasks {
             let _ = task.await;
         }
-        let node = self.node.clone();
-        let outcome = tokio::task::spawn_blocking(move || node.stop_and_join())
+        let handle = self.node.handle.clone();
+        let outcome = tokio::task::spawn_blocking(move || handle.stop_and_join())
             .await
             .context("raft loop join panicked")?;
         // The accept loops are gone, so this is the last handle.
@@ -202,7 +207,7 @@ impl Server {
             tracing::warn!("client connections did not close in time; dropping them");
         }
         outcome.context("raft loop failed")?;
-        if node_stopped && !self.node.shared().was_removed() {
+        if node_stopped && !self.node.status.was_removed() {
             anyhow::bail!("raft loop stopped unexpectedly");
         }
         tracing::info!("stopped");
@@ -276,23 +281,27 @@ async fn fetch_membership(
 
 /// Publishes this member's name and client URLs through Raft once it has a leader, as
 /// etcd does, so every member lists them; retries until they are applied.
-async fn publish_attributes(node: Arc<NodeHandle>, name: String, client_urls: Vec<String>) {
+async fn publish_attributes(
+    handle: Arc<node::NodeHandle>,
+    status: Arc<node::NodeStatus>,
+    name: String,
+    client_urls: Vec<String>,
+) {
     use retcd_api::etcdserverpb::InternalRaftRequest;
     use retcd_api::membershippb::{Attributes, ClusterMemberAttrSetRequest};
-    let shared = node.shared().clone();
     loop {
-        if !shared.is_running() {
+        if !status.is_running() {
             return;
         }
-        let current = shared.membership().get(shared.member_id).cloned();
+        let current = status.membership().get(status.member_id()).cloned();
         match current {
             Some(m) if m.name == name && m.client_urls == client_urls => return,
             // Not (yet) a member: joining, or removed.
             None => {}
-            Some(_) if shared.leader() != 0 => {
+            Some(_) if status.leader() != 0 => {
                 let req = InternalRaftRequest {
                     cluster_member_attr_set: Some(ClusterMemberAttrSetRequest {
-                        member_id: shared.member_id.0,
+                        member_id: status.member_id().0,
                         member_attributes: Some(Attributes {
                             name: name.clone(),
                             client_urls: client_urls.clone(),
@@ -300,7 +309,7 @@ async fn publish_attributes(node: Arc<NodeHandle>, name: String, client_urls: Ve
                     }),
                     ..Default::default()
                 };
-                if let Err(e) = node.propose(req).await {
+                if let Err(e) = handle.propose(req).await {
                     tracing::debug!(error = ?e, "publishing member attributes failed; will retry");
                 }
                 continue;

@@ -70,7 +70,8 @@ async fn defragment_shrinks_the_file_and_keeps_the_data() {
     });
     let resp = c.defragment().await.unwrap();
     done.store(true, Ordering::Release);
-    assert!(resp.header().unwrap().revision() >= rev);
+    // etcd 3.4's Defragment response carries no header at all.
+    assert!(resp.header().is_none(), "{resp:?}");
     assert!(reads.await.unwrap() > 0);
 
     let after = c.status().await.unwrap().db_size();

@@ -4,7 +4,6 @@
 //! where the decision is made identically on every member.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use retcd_api::errors::EtcdError;
@@ -18,10 +17,11 @@ use retcd_raft::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
 use crate::apply::ApplyResponse;
+use crate::clock;
 use crate::errors::RequestError;
 use crate::ids::{self, MemberId};
 use crate::membership::Member;
-use crate::raft_node::NodeHandle;
+use crate::node::{Node, NodeHandle, NodeStatus};
 
 /// etcd allows one learner at a time.
 const MAX_LEARNERS: usize = 1;
@@ -30,17 +30,20 @@ const MAX_LEARNERS: usize = 1;
 const LEARNER_READY_PERCENT: f64 = 0.9;
 
 pub struct ClusterService {
-    node: Arc<NodeHandle>,
+    handle: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
 }
 
 impl ClusterService {
-    pub fn new(node: Arc<NodeHandle>) -> Self {
-        ClusterService { node }
+    pub fn new(node: &Node) -> Self {
+        ClusterService {
+            handle: node.handle.clone(),
+            status: node.status.clone(),
+        }
     }
 
     fn members(&self) -> Vec<retcd_api::etcdserverpb::Member> {
-        self.node
-            .shared()
+        self.status
             .membership()
             .members
             .values()
@@ -56,7 +59,7 @@ impl ClusterService {
         let context = Bytes::from(member.encode());
         let node_id = member.id.0;
         match self
-            .node
+            .handle
             .propose_conf_change(|id| ConfChange {
                 id,
                 change_type,
@@ -73,13 +76,10 @@ impl ClusterService {
     }
 
     async fn add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, RequestError> {
-        let shared = self.node.shared();
         if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| !valid_url(u)) {
             return Err(EtcdError::MemberBadUrls.into());
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = clock::wall_clock_ms() / 1000;
         // etcd's id for an added member: its peer URLs and the time of the request.
         let member = Member {
             id: ids::member_id(&req.peer_ur_ls, &now.to_string()),
@@ -88,7 +88,7 @@ impl ClusterService {
             client_urls: Vec::new(),
             is_learner: req.is_learner,
         };
-        let current = shared.membership();
+        let current = self.status.membership();
         current.check_add(&member).map_err(|r| r.to_error())?;
         if member.is_learner && current.learners() >= MAX_LEARNERS {
             return Err(EtcdError::TooManyLearners.into());
@@ -100,40 +100,38 @@ impl ClusterService {
         };
         let members = self.change(kind, &member).await?;
         Ok(MemberAddResponse {
-            header: Some(shared.header(None)),
+            header: Some(self.status.header_without_revision()),
             member: Some(member.to_api()),
             members,
         })
     }
 
     async fn remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, RequestError> {
-        let shared = self.node.shared();
         let id = MemberId(req.id);
-        let current = shared.membership();
+        let current = self.status.membership();
         current.check_remove(id).map_err(|r| r.to_error())?;
-        let member = current.get(id).cloned().expect("checked");
+        let member = current.get(id).cloned().ok_or(EtcdError::MemberNotFound)?;
         let members = self.change(ConfChangeType::RemoveNode, &member).await?;
         Ok(MemberRemoveResponse {
-            header: Some(shared.header(None)),
+            header: Some(self.status.header_without_revision()),
             members,
         })
     }
 
     async fn update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse, RequestError> {
-        let shared = self.node.shared();
         if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| !valid_url(u)) {
             return Err(EtcdError::MemberBadUrls.into());
         }
         let id = MemberId(req.id);
-        let current = shared.membership();
+        let current = self.status.membership();
         current
             .check_update(id, &req.peer_ur_ls)
             .map_err(|r| r.to_error())?;
-        let mut member = current.get(id).cloned().expect("checked");
+        let mut member = current.get(id).cloned().ok_or(EtcdError::MemberNotFound)?;
         member.peer_urls = req.peer_ur_ls;
         let members = self.change(ConfChangeType::UpdateNode, &member).await?;
         Ok(MemberUpdateResponse {
-            header: Some(shared.header(None)),
+            header: Some(self.status.header_without_revision()),
             members,
         })
     }
@@ -142,25 +140,27 @@ impl ClusterService {
         &self,
         req: MemberPromoteRequest,
     ) -> Result<MemberPromoteResponse, RequestError> {
-        let shared = self.node.shared().clone();
         let id = MemberId(req.id);
-        let current = shared.membership();
+        let current = self.status.membership();
         current.check_promote(id).map_err(|r| r.to_error())?;
-        if !shared.is_leader() {
+        if !self.status.is_leader() {
             // Only the leader knows how far the learner is; etcd forwards there too.
             return self.forward_promote(req).await;
         }
-        let progress = self.node.progress();
-        let leader_match = progress.get(&shared.member_id.0).copied().unwrap_or(0);
+        let progress = self.status.progress();
+        let leader_match = progress
+            .get(&self.status.member_id().0)
+            .copied()
+            .unwrap_or(0);
         let learner_match = progress.get(&id.0).copied().unwrap_or(0);
         if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
             return Err(EtcdError::LearnerNotReady.into());
         }
-        let mut member = current.get(id).cloned().expect("checked");
+        let mut member = current.get(id).cloned().ok_or(EtcdError::MemberNotFound)?;
         member.is_learner = false;
         let members = self.change(ConfChangeType::AddNode, &member).await?;
         Ok(MemberPromoteResponse {
-            header: Some(shared.header(None)),
+            header: Some(self.status.header_without_revision()),
             members,
         })
     }
@@ -169,12 +169,12 @@ impl ClusterService {
         &self,
         req: MemberPromoteRequest,
     ) -> Result<MemberPromoteResponse, RequestError> {
-        let shared = self.node.shared();
-        let leader = shared.leader();
+        let leader = self.status.leader();
         if leader == 0 {
             return Err(EtcdError::NoLeader.into());
         }
-        let urls = shared
+        let urls = self
+            .status
             .membership()
             .get(MemberId(leader))
             .map(|m| m.client_urls.clone())
@@ -234,10 +234,10 @@ impl Cluster for ClusterService {
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
-            self.node.read_index().await?;
+            self.handle.read_index().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.shared().header(None)),
+            header: Some(self.status.header_without_revision()),
             members: self.members(),
         }))
     }

@@ -33,10 +33,10 @@ use super::lock::{
 };
 use crate::apply::{self, ApplyResponse};
 use crate::errors::RequestError;
-use crate::raft_node::NodeHandle;
+use crate::node::Node;
 
 pub struct ElectionService {
-    node: Arc<NodeHandle>,
+    node: Node,
     min_ttl: i64,
 }
 
@@ -46,8 +46,7 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
 
 /// The leader's key-value under `prefix`: the lowest create revision (serializable, on
 /// this member's applied state).
-fn leader_kv(node: &NodeHandle, prefix: &[u8]) -> Result<Option<mvccpb::KeyValue>, RequestError> {
-    let shared = node.shared();
+fn leader_kv(node: &Node, prefix: &[u8]) -> Result<Option<mvccpb::KeyValue>, RequestError> {
     let req = RangeRequest {
         key: Bytes::copy_from_slice(prefix),
         range_end: Bytes::from(prefix_end(prefix)),
@@ -56,8 +55,8 @@ fn leader_kv(node: &NodeHandle, prefix: &[u8]) -> Result<Option<mvccpb::KeyValue
         sort_target: range_request::SortTarget::Create as i32,
         ..Default::default()
     };
-    let view = shared.kv.view()?;
-    let resp = apply::execute_range(&view, &req, &shared.metrics)?;
+    let view = node.store.kv.view()?;
+    let resp = apply::execute_range(&view, &req, &node.metrics)?;
     Ok(resp.kvs.into_iter().next())
 }
 
@@ -72,13 +71,17 @@ fn leader_guard(leader: &LeaderKey) -> Compare {
 }
 
 impl ElectionService {
-    pub fn new(node: Arc<NodeHandle>, min_ttl: i64) -> Self {
-        ElectionService { node, min_ttl }
+    pub fn new(node: &Node, min_ttl: i64) -> Self {
+        ElectionService {
+            node: node.clone(),
+            min_ttl,
+        }
     }
 
     async fn txn(&self, txn: TxnRequest) -> Result<(bool, i64), RequestError> {
         let out = self
             .node
+            .handle
             .propose(InternalRaftRequest {
                 txn: Some(txn),
                 ..Default::default()
@@ -146,7 +149,7 @@ impl ElectionService {
         }
         guard.key = None;
         Ok(CampaignResponse {
-            header: Some(self.node.shared().header(Some(header.revision))),
+            header: Some(self.node.status.header(Some(header.revision))),
             leader: Some(leader),
         })
     }
@@ -159,7 +162,7 @@ impl ElectionService {
         let leader = r.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
         let revision = self.proclaim_value(&leader, r.value).await?;
         Ok(ProclaimResponse {
-            header: Some(self.node.shared().header(Some(revision))),
+            header: Some(self.node.status.header(Some(revision))),
         })
     }
 
@@ -186,7 +189,7 @@ impl ElectionService {
             })
             .await?;
         Ok(ResignResponse {
-            header: Some(self.node.shared().header(Some(revision))),
+            header: Some(self.node.status.header(Some(revision))),
         })
     }
 
@@ -194,11 +197,11 @@ impl ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<LeaderResponse, RequestError> {
-        self.node.read_index().await?;
+        self.node.handle.read_index().await?;
         let prefix = prefix_of(&req.into_inner().name);
         let kv = leader_kv(&self.node, &prefix)?.ok_or(EtcdError::ElectionNoLeader)?;
         Ok(LeaderResponse {
-            header: Some(self.node.shared().header(None)),
+            header: Some(self.node.status.header(None)),
             kv: Some(kv),
         })
     }
@@ -236,12 +239,12 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let node = self.node.clone();
-        node.read_index().await.map_err(Status::from)?;
+        node.handle.read_index().await.map_err(Status::from)?;
         let prefix = prefix_of(&req.into_inner().name);
         let (tx, rx) = mpsc::channel::<Result<LeaderResponse, Status>>(16);
         tokio::spawn(async move {
             let data = Arc::new(Notify::new());
-            let stream = node.shared().watch.open_stream(
+            let stream = node.store.watch.open_stream(
                 Box::new({
                     let data = data.clone();
                     move || data.notify_one()
@@ -262,7 +265,7 @@ impl Election for ElectionService {
                         if last.as_ref() != Some(&now) {
                             last = Some(now);
                             let resp = LeaderResponse {
-                                header: Some(node.shared().header(None)),
+                                header: Some(node.status.header(None)),
                                 kv: Some(kv),
                             };
                             if tx.send(Ok(resp)).await.is_err() {

@@ -9,15 +9,16 @@ use retcd_api::health::{HealthCheckRequest, HealthCheckResponse};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use crate::raft_node::NodeHandle;
+use crate::errors::RequestError;
+use crate::node::NodeStatus;
 
 pub struct HealthService {
-    node: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
 }
 
 impl HealthService {
-    pub fn new(node: Arc<NodeHandle>) -> Self {
-        HealthService { node }
+    pub fn new(status: Arc<NodeStatus>) -> Self {
+        HealthService { status }
     }
 }
 
@@ -30,10 +31,9 @@ impl Health for HealthService {
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         if !req.get_ref().service.is_empty() {
-            return Err(Status::not_found("unknown service"));
+            return Err(RequestError::NotFound("unknown service".into()).into());
         }
-        let shared = self.node.shared();
-        let status = if shared.is_running() && shared.leader() != 0 {
+        let status = if self.status.is_running() && self.status.leader() != 0 {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -47,6 +47,6 @@ impl Health for HealthService {
         &self,
         _req: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("retcd does not implement watch yet"))
+        Err(RequestError::Unimplemented("retcd does not implement watch yet".into()).into())
     }
 }

@@ -1,7 +1,7 @@
 //! The Lease service (etcd's `v3rpc/lease.go`).
 //!
 //! Grants and revocations go through Raft like writes. Keep-alives go through Raft too
-//! (see `lease.rs` for why): a per-member [`Renewer`] task gathers the keep-alives of every
+//! (see the `retcd_lease` crate for why): a per-member [`Renewer`] task gathers the keep-alives of every
 //! stream into one [`LeaseRenewRequest`] at a time, so a thousand keep-alives in flight
 //! cost one proposal, and each is answered once its renewal is applied. TimeToLive and
 //! Leases answer from this member's lessor after a ReadIndex, so they see every grant,
@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::lease_server::Lease;
@@ -24,12 +24,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::alarms;
 use crate::apply::ApplyResponse;
+use crate::clock;
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
-use crate::lease::{self, MAX_LEASE_TTL};
-use crate::raft_node::NodeHandle;
+use crate::node::{LeaseView, Node, NodeHandle, NodeStatus};
+use crate::quota::{self, Quota};
+use retcd_lease::MAX_LEASE_TTL;
 
 /// Most keep-alives renewed by one proposal.
 const RENEW_BATCH: usize = 8192;
@@ -41,17 +42,23 @@ const STREAM_IN_FLIGHT: usize = 1024;
 type RenewReply = oneshot::Sender<Result<i64, RequestError>>;
 
 pub struct LeaseService {
-    node: Arc<NodeHandle>,
+    handle: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
+    leases: LeaseView,
+    quota: Quota,
     min_ttl: i64,
     renewer: mpsc::Sender<(i64, RenewReply)>,
 }
 
 impl LeaseService {
-    pub fn new(node: Arc<NodeHandle>, min_ttl: i64) -> Self {
+    pub fn new(node: &Node, quota: Quota, min_ttl: i64) -> Self {
         let (tx, rx) = mpsc::channel(RENEW_BATCH);
-        tokio::spawn(renewer(node.clone(), rx));
+        tokio::spawn(renewer(node.handle.clone(), rx));
         LeaseService {
-            node,
+            handle: node.handle.clone(),
+            status: node.status.clone(),
+            leases: node.leases.clone(),
+            quota,
             min_ttl,
             renewer: tx,
         }
@@ -61,21 +68,21 @@ impl LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<LeaseGrantResponse, RequestError> {
-        require_leader(&req, &self.node)?;
+        require_leader(&req, &self.status)?;
         let mut r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
         r.ttl = r.ttl.max(self.min_ttl);
-        self.node.check_quota(alarms::lease_grant_cost(&r)).await?;
+        self.quota.check(quota::lease_grant_cost(&r)).await?;
         while r.id == 0 {
-            r.id = (self.node.new_id() & (i64::MAX as u64)) as i64;
+            r.id = (self.handle.new_id() & (i64::MAX as u64)) as i64;
         }
         let out = self
-            .node
+            .handle
             .propose(InternalRaftRequest {
                 lease_grant: Some(r),
-                wall_clock_ms: lease::wall_clock_ms(),
+                wall_clock_ms: clock::wall_clock_ms(),
                 ..Default::default()
             })
             .await?;
@@ -84,7 +91,7 @@ impl LeaseService {
                 "lease grant answered {out:?}"
             )));
         };
-        resp.header = Some(self.node.shared().header(resp.header.map(|h| h.revision)));
+        resp.header = Some(self.status.header(resp.header.map(|h| h.revision)));
         Ok(resp)
     }
 
@@ -92,9 +99,9 @@ impl LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<LeaseRevokeResponse, RequestError> {
-        require_leader(&req, &self.node)?;
+        require_leader(&req, &self.status)?;
         let out = self
-            .node
+            .handle
             .propose(InternalRaftRequest {
                 lease_revoke: Some(req.into_inner()),
                 ..Default::default()
@@ -105,7 +112,7 @@ impl LeaseService {
                 "lease revoke answered {out:?}"
             )));
         };
-        resp.header = Some(self.node.shared().header(resp.header.map(|h| h.revision)));
+        resp.header = Some(self.status.header(resp.header.map(|h| h.revision)));
         Ok(resp)
     }
 
@@ -113,26 +120,17 @@ impl LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<LeaseTimeToLiveResponse, RequestError> {
-        require_leader(&req, &self.node)?;
+        require_leader(&req, &self.status)?;
         let r = req.into_inner();
-        self.node.read_index().await?;
-        let shared = self.node.shared();
-        let lessor = shared.lessor.lock().expect("lessor lock");
+        self.handle.read_index().await?;
         // etcd answers an unknown lease with TTL -1, not an error.
-        let resp = match lessor.get(r.id) {
+        let resp = match self.leases.time_to_live(r.id, r.keys) {
             Some(l) => LeaseTimeToLiveResponse {
                 header: None,
                 id: r.id,
-                ttl: i64::try_from(l.remaining(Instant::now()).as_secs()).unwrap_or(i64::MAX),
-                granted_ttl: l.ttl,
-                keys: if r.keys {
-                    l.keys
-                        .iter()
-                        .map(|k| bytes::Bytes::from(k.clone()))
-                        .collect()
-                } else {
-                    Vec::new()
-                },
+                ttl: l.remaining,
+                granted_ttl: l.granted,
+                keys: l.keys.into_iter().map(bytes::Bytes::from).collect(),
             },
             None => LeaseTimeToLiveResponse {
                 header: None,
@@ -142,9 +140,8 @@ impl LeaseService {
                 keys: Vec::new(),
             },
         };
-        drop(lessor);
         Ok(LeaseTimeToLiveResponse {
-            header: Some(shared.header(None)),
+            header: Some(self.status.header(None)),
             ..resp
         })
     }
@@ -153,12 +150,11 @@ impl LeaseService {
         &self,
         req: Request<LeaseLeasesRequest>,
     ) -> Result<LeaseLeasesResponse, RequestError> {
-        require_leader(&req, &self.node)?;
-        self.node.read_index().await?;
-        let shared = self.node.shared();
-        let ids = shared.lessor.lock().expect("lessor lock").ids();
+        require_leader(&req, &self.status)?;
+        self.handle.read_index().await?;
+        let ids = self.leases.ids();
         Ok(LeaseLeasesResponse {
-            header: Some(shared.header(None)),
+            header: Some(self.status.header(None)),
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
         })
     }
@@ -202,7 +198,7 @@ async fn renew_round(node: &NodeHandle, batch: Vec<(i64, RenewReply)>, timeout: 
     ids.dedup();
     let proposal = node.propose(InternalRaftRequest {
         lease_renew: Some(LeaseRenewRequest { ids: ids.clone() }),
-        wall_clock_ms: lease::wall_clock_ms(),
+        wall_clock_ms: clock::wall_clock_ms(),
         ..Default::default()
     });
     let out = match tokio::time::timeout(timeout, proposal).await {
@@ -255,11 +251,11 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        require_leader(&req, &self.node).map_err(Status::from)?;
+        require_leader(&req, &self.status).map_err(Status::from)?;
         let mut inbound = req.into_inner();
         let (out_tx, out_rx) = mpsc::channel::<Result<LeaseKeepAliveResponse, Status>>(64);
         let renewer = self.renewer.clone();
-        let node = self.node.clone();
+        let status = self.status.clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
         tokio::spawn(async move {
             loop {
@@ -279,12 +275,12 @@ impl Lease for LeaseService {
                     return;
                 }
                 let out_tx = out_tx.clone();
-                let node = node.clone();
+                let status = status.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let resp = match rx.await {
                         Ok(Ok(ttl)) => Ok(LeaseKeepAliveResponse {
-                            header: Some(node.shared().header(None)),
+                            header: Some(status.header(None)),
                             id: r.id,
                             ttl,
                         }),

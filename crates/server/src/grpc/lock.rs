@@ -29,21 +29,24 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{self, ApplyResponse};
+use crate::clock;
 use crate::errors::RequestError;
-use crate::lease;
-use crate::raft_node::NodeHandle;
+use crate::node::Node;
 
 /// TTL of the lease granted for a Lock without one (clientv3/concurrency's default).
 const SESSION_TTL: i64 = 60;
 
 pub struct LockService {
-    node: Arc<NodeHandle>,
+    node: Node,
     min_ttl: i64,
 }
 
 impl LockService {
-    pub fn new(node: Arc<NodeHandle>, min_ttl: i64) -> Self {
-        LockService { node, min_ttl }
+    pub fn new(node: &Node, min_ttl: i64) -> Self {
+        LockService {
+            node: node.clone(),
+            min_ttl,
+        }
     }
 
     async fn lock_inner(&self, req: Request<LockRequest>) -> Result<LockResponse, RequestError> {
@@ -67,7 +70,7 @@ impl LockService {
         }
         guard.key = None;
         Ok(LockResponse {
-            header: Some(self.node.shared().header(Some(header.revision))),
+            header: Some(self.node.status.header(Some(header.revision))),
             key: Bytes::from(key),
         })
     }
@@ -79,24 +82,25 @@ impl LockService {
         let key = req.into_inner().key;
         let revision = delete_key(&self.node, key).await?;
         Ok(UnlockResponse {
-            header: Some(self.node.shared().header(Some(revision))),
+            header: Some(self.node.status.header(Some(revision))),
         })
     }
 }
 
 /// A lease for a caller that brought none.
-pub(crate) async fn grant_session(node: &NodeHandle, min_ttl: i64) -> Result<i64, RequestError> {
+pub(crate) async fn grant_session(node: &Node, min_ttl: i64) -> Result<i64, RequestError> {
     let mut id = 0;
     while id == 0 {
-        id = (node.new_id() & (i64::MAX as u64)) as i64;
+        id = (node.handle.new_id() & (i64::MAX as u64)) as i64;
     }
     let out = node
+        .handle
         .propose(InternalRaftRequest {
             lease_grant: Some(LeaseGrantRequest {
                 ttl: SESSION_TTL.max(min_ttl),
                 id,
             }),
-            wall_clock_ms: lease::wall_clock_ms(),
+            wall_clock_ms: clock::wall_clock_ms(),
             ..Default::default()
         })
         .await?;
@@ -111,7 +115,7 @@ pub(crate) async fn grant_session(node: &NodeHandle, min_ttl: i64) -> Result<i64
 /// Creates `key` with `lease` unless it exists; returns the Txn's header, the key's
 /// create revision, and whether this call created it.
 pub(crate) async fn create_or_get(
-    node: &NodeHandle,
+    node: &Node,
     key: &[u8],
     value: Bytes,
     lease: i64,
@@ -141,6 +145,7 @@ pub(crate) async fn create_or_get(
         }],
     };
     let out = node
+        .handle
         .propose(InternalRaftRequest {
             txn: Some(txn),
             ..Default::default()
@@ -167,12 +172,11 @@ pub(crate) async fn create_or_get(
 /// Linearizable range under `prefix`, newest create revision at or below `max_create`
 /// first, one key: the key a waiter at `max_create + 1` waits on.
 async fn newest_older(
-    node: &NodeHandle,
+    node: &Node,
     prefix: &[u8],
     max_create: i64,
 ) -> Result<Option<(Bytes, i64)>, RequestError> {
-    node.read_index().await?;
-    let shared = node.shared();
+    node.handle.read_index().await?;
     let req = RangeRequest {
         key: Bytes::copy_from_slice(prefix),
         range_end: Bytes::from(prefix_end(prefix)),
@@ -182,15 +186,15 @@ async fn newest_older(
         max_create_revision: max_create,
         ..Default::default()
     };
-    let view = shared.kv.view()?;
-    let resp = apply::execute_range(&view, &req, &shared.metrics)?;
+    let view = node.store.kv.view()?;
+    let resp = apply::execute_range(&view, &req, &node.metrics)?;
     let at = resp.header.map_or(view.revision(), |h| h.revision);
     Ok(resp.kvs.into_iter().next().map(|kv| (kv.key, at)))
 }
 
 /// Waits until no key under `prefix` was created before `my_rev`, one key at a time.
 pub(crate) async fn wait_for_older(
-    node: &NodeHandle,
+    node: &Node,
     prefix: &[u8],
     my_rev: i64,
 ) -> Result<(), RequestError> {
@@ -202,9 +206,9 @@ pub(crate) async fn wait_for_older(
 
 /// Waits for a DELETE of `key` at or after `from` (a compaction cancel also returns:
 /// the caller looks again).
-async fn wait_delete(node: &NodeHandle, key: &[u8], from: i64) {
+async fn wait_delete(node: &Node, key: &[u8], from: i64) {
     let data = Arc::new(Notify::new());
-    let stream = node.shared().watch.open_stream(
+    let stream = node.store.watch.open_stream(
         Box::new({
             let data = data.clone();
             move || data.notify_one()
@@ -242,20 +246,21 @@ async fn wait_delete(node: &NodeHandle, key: &[u8], from: i64) {
 
 /// The create revision of `key` now (linearizable), if it exists.
 pub(crate) async fn own_create_revision(
-    node: &NodeHandle,
+    node: &Node,
     key: &[u8],
 ) -> Result<Option<i64>, RequestError> {
-    node.read_index().await?;
-    let shared = node.shared();
-    let r = shared
+    node.handle.read_index().await?;
+    let r = node
+        .store
         .kv
         .range(key, b"", retcd_mvcc::RangeOptions::default())?;
     Ok(r.kvs.first().map(|kv| kv.create_revision))
 }
 
 /// Deletes `key`; returns the revision after.
-pub(crate) async fn delete_key(node: &NodeHandle, key: Bytes) -> Result<i64, RequestError> {
+pub(crate) async fn delete_key(node: &Node, key: Bytes) -> Result<i64, RequestError> {
     let out = node
+        .handle
         .propose(InternalRaftRequest {
             delete_range: Some(DeleteRangeRequest {
                 key,
@@ -284,7 +289,7 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// Deletes a waiter's key if its call goes away before it is answered.
 pub(crate) struct DeleteOnDrop {
-    pub node: Arc<NodeHandle>,
+    pub node: Node,
     pub key: Option<Vec<u8>>,
 }
 

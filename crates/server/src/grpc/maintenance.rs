@@ -1,5 +1,10 @@
-//! The Maintenance service: Status, Alarm (NOSPACE; see `alarms.rs`), Hash, HashKV,
-//! Defragment and MoveLeader; Snapshot and Downgrade answer `Unimplemented` for now.
+//! The Maintenance service: Status, Alarm (NOSPACE; see `apply/alarm.rs` and `quota.rs`),
+//! Hash, HashKV, Defragment and MoveLeader; Snapshot and Downgrade answer
+//! `Unimplemented` for now.
+//!
+//! Response headers are etcd 3.4's: Alarm, Defragment and MoveLeader responses carry
+//! none at all (etcd's maintenance server builds them without one), the others carry
+//! the full header with the store's current revision.
 
 use std::sync::Arc;
 
@@ -13,43 +18,48 @@ use retcd_api::etcdserverpb::{
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use crate::alarms::Alarms;
-use crate::apply::ApplyResponse;
+use crate::apply::{Alarms, ApplyResponse};
 use crate::config::SERVER_VERSION;
 use crate::errors::RequestError;
 use crate::ids::MemberId;
-use crate::raft_node::NodeHandle;
+use crate::node::{Node, NodeHandle, NodeStatus, Store};
 use retcd_api::errors::EtcdError;
 use std::time::Duration;
 
 pub struct MaintenanceService {
-    node: Arc<NodeHandle>,
+    handle: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
+    store: Store,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<NodeHandle>) -> Self {
-        MaintenanceService { node }
+    pub fn new(node: &Node) -> Self {
+        MaintenanceService {
+            handle: node.handle.clone(),
+            status: node.status.clone(),
+            store: node.store.clone(),
+        }
     }
 
     async fn status_inner(&self) -> Result<StatusResponse, RequestError> {
-        let shared = self.node.shared().clone();
-        let sizes = shared.clone();
-        let (db_size, in_use) = tokio::task::spawn_blocking(move || sizes.db_sizes())
+        let status = self.status.clone();
+        let (db_size, in_use) = tokio::task::spawn_blocking(move || status.db_sizes())
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?
             .map_err(|e| RequestError::Internal(e.to_string()))?;
+        let s = &self.status;
         Ok(StatusResponse {
-            header: Some(shared.header(None)),
+            header: Some(s.header(None)),
             version: SERVER_VERSION.to_string(),
             db_size: db_size as i64,
-            leader: shared.leader(),
-            raft_index: shared.committed_index(),
-            raft_term: shared.term(),
-            raft_applied_index: shared.applied_index(),
-            errors: status_errors(shared.leader(), &shared.alarms()),
+            leader: s.leader(),
+            raft_index: s.committed_index(),
+            raft_term: s.term(),
+            raft_applied_index: s.applied_index(),
+            errors: status_errors(s.leader(), &s.alarms()),
             db_size_in_use: in_use as i64,
-            is_learner: shared.is_learner(),
-            db_size_quota: shared.quota_backend_bytes() as i64,
+            is_learner: s.is_learner(),
+            db_size_quota: s.quota_backend_bytes() as i64,
             ..Default::default()
         })
     }
@@ -60,46 +70,43 @@ impl MaintenanceService {
         &self,
         req: MoveLeaderRequest,
     ) -> Result<MoveLeaderResponse, RequestError> {
-        let shared = self.node.shared().clone();
-        if !shared.is_leader() {
+        let status = &self.status;
+        if !status.is_leader() {
             return Err(EtcdError::NotLeader.into());
         }
-        let target = shared.membership().get(MemberId(req.target_id)).cloned();
+        let target = status.membership().get(MemberId(req.target_id)).cloned();
         if target.is_none_or(|m| m.is_learner) {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
-        if req.target_id != shared.member_id.0 {
-            let deadline = tokio::time::Instant::now() + self.node.request_timeout();
+        if req.target_id != status.member_id().0 {
+            let deadline = tokio::time::Instant::now() + self.handle.request_timeout();
             let mut next_ask = tokio::time::Instant::now();
-            while shared.leader() != req.target_id {
+            while status.leader() != req.target_id {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(EtcdError::TimeoutLeaderTransfer.into());
                 }
                 // Raft drops a transfer that does not finish within an election
                 // timeout; ask again until the deadline.
                 if tokio::time::Instant::now() >= next_ask {
-                    self.node.transfer_leader(req.target_id).await?;
-                    next_ask = tokio::time::Instant::now() + self.node.election_timeout();
+                    self.handle.transfer_leader(req.target_id).await?;
+                    next_ask = tokio::time::Instant::now() + self.handle.election_timeout();
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        Ok(MoveLeaderResponse {
-            header: Some(shared.header(None)),
-        })
+        Ok(MoveLeaderResponse { header: None })
     }
 
     /// GET lists this member's view of the raised alarms (of one type, or all for NONE);
     /// ACTIVATE and DEACTIVATE go through Raft and answer with the alarm that changed.
-    async fn alarm_inner(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
-        let shared = self.node.shared().clone();
+    async fn alarm_inner(&self, req: AlarmRequest) -> Result<AlarmResponse, RequestError> {
         let action = alarm_request::AlarmAction::try_from(req.action)
             .unwrap_or(alarm_request::AlarmAction::Get);
         if action == alarm_request::AlarmAction::Get {
             let of = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
             return Ok(AlarmResponse {
-                header: Some(shared.header(None)),
-                alarms: shared.alarms().list(of),
+                header: None,
+                alarms: self.status.alarms().list(of),
             });
         }
         if action == alarm_request::AlarmAction::Activate {
@@ -108,9 +115,13 @@ impl MaintenanceService {
                 // A CORRUPT alarm would have to stop reads too; retcd has no corruption
                 // checker to raise one, so it refuses rather than store an alarm it
                 // would ignore.
-                Ok(AlarmType::Corrupt) => return Err(unimplemented("the CORRUPT alarm")),
+                Ok(AlarmType::Corrupt) => {
+                    return Err(RequestError::Unimplemented(
+                        "retcd does not implement the CORRUPT alarm yet".into(),
+                    ));
+                }
                 Err(_) => {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(RequestError::InvalidArgument(format!(
                         "unknown alarm type {}",
                         req.alarm
                     )));
@@ -118,26 +129,25 @@ impl MaintenanceService {
             }
         }
         let out = self
-            .node
+            .handle
             .propose(InternalRaftRequest {
                 alarm: Some(req),
                 ..Default::default()
             })
             .await?;
         let ApplyResponse::Alarm(alarms) = out else {
-            return Err(
-                RequestError::Internal(format!("an alarm was answered with {out:?}")).into(),
-            );
+            return Err(RequestError::Internal(format!(
+                "an alarm was answered with {out:?}"
+            )));
         };
         Ok(AlarmResponse {
-            header: Some(shared.header(None)),
+            header: None,
             alarms,
         })
     }
 
     async fn hash_inner(&self) -> Result<HashResponse, RequestError> {
-        let shared = self.node.shared().clone();
-        let kv = shared.kv.clone();
+        let kv = self.store.kv.clone();
         let (hash, revision) = tokio::task::spawn_blocking(move || {
             let view = kv.view()?;
             Ok::<_, retcd_mvcc::MvccError>((view.hash_all()?, view.revision()))
@@ -145,19 +155,18 @@ impl MaintenanceService {
         .await
         .map_err(|e| RequestError::Internal(e.to_string()))??;
         Ok(HashResponse {
-            header: Some(shared.header(Some(revision))),
+            header: Some(self.status.header(Some(revision))),
             hash,
         })
     }
 
     async fn hash_kv_inner(&self, req: HashKvRequest) -> Result<HashKvResponse, RequestError> {
-        let shared = self.node.shared().clone();
-        let kv = shared.kv.clone();
+        let kv = self.store.kv.clone();
         let hash = tokio::task::spawn_blocking(move || kv.hash_by_rev(req.revision))
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))??;
         Ok(HashKvResponse {
-            header: Some(shared.header(Some(hash.revision))),
+            header: Some(self.status.header(Some(hash.revision))),
             hash: hash.hash,
             compact_revision: hash.compact_revision,
             hash_revision: hash.hash_revision,
@@ -180,7 +189,7 @@ fn status_errors(leader: u64, alarms: &Alarms) -> Vec<String> {
 }
 
 fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("retcd does not implement {what} yet"))
+    RequestError::Unimplemented(format!("retcd does not implement {what} yet")).into()
 }
 
 #[tonic::async_trait]
@@ -202,10 +211,8 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.node.defragment().await?;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.node.shared().header(None)),
-        }))
+        self.handle.defragment().await?;
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

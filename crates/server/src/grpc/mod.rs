@@ -18,8 +18,6 @@ mod lock;
 mod maintenance;
 mod watch;
 
-use std::sync::Arc;
-
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -31,7 +29,8 @@ use retcd_api::v3lockpb::lock_server::LockServer;
 use tonic::service::Routes;
 
 use crate::errors::RequestError;
-use crate::raft_node::NodeHandle;
+use crate::node::{Node, NodeStatus};
+use crate::quota::Quota;
 
 /// gRPC decoding headroom above `--max-request-bytes` (etcd's `grpcOverheadBytes`).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -51,12 +50,12 @@ pub struct ServiceLimits {
 
 /// Refuses a request that asked for a leader (`hasleader=true` metadata, set by Go
 /// clients' `WithRequireLeader`) when this member knows none.
-fn require_leader<T>(req: &tonic::Request<T>, node: &NodeHandle) -> Result<(), RequestError> {
+fn require_leader<T>(req: &tonic::Request<T>, status: &NodeStatus) -> Result<(), RequestError> {
     let wants_leader = req
         .metadata()
         .get("hasleader")
         .is_some_and(|v| v.as_bytes() == b"true");
-    if wants_leader && node.shared().leader() == 0 {
+    if wants_leader && status.leader() == 0 {
         return Err(EtcdError::NoLeader.into());
     }
     Ok(())
@@ -77,11 +76,11 @@ macro_rules! unimplemented_service {
                     &self,
                     _request: tonic::Request<$req>,
                 ) -> Result<tonic::Response<$resp>, tonic::Status> {
-                    Err(tonic::Status::unimplemented(concat!(
+                    Err($crate::errors::RequestError::Unimplemented(concat!(
                         "retcd does not implement ",
                         stringify!($method),
                         " yet"
-                    )))
+                    ).to_string()).into())
                 }
             )*
         }
@@ -91,7 +90,7 @@ pub(crate) use unimplemented_service;
 
 /// Every service as an axum router, with oversized requests reported as gRPC-Go (and
 /// so etcd) reports them.
-pub fn router(node: Arc<NodeHandle>, limits: ServiceLimits) -> axum::Router {
+pub fn router(node: &Node, limits: ServiceLimits) -> axum::Router {
     routes(node, limits)
         .into_axum_router()
         .layer(axum::middleware::map_response(
@@ -178,7 +177,7 @@ impl http_body::Body for FixTrailers {
 }
 
 /// Every service, ready to become an axum router.
-fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
+fn routes(node: &Node, limits: ServiceLimits) -> Routes {
     let max_decoding = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     macro_rules! limited {
         ($server:ident, $svc:expr) => {
@@ -187,17 +186,18 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
                 .max_encoding_message_size(usize::MAX)
         };
     }
+    let quota = Quota::new(node.handle.clone(), node.status.clone());
     Routes::new(limited!(
         KvServer,
-        kv::KvService::new(node.clone(), limits.max_txn_ops)
+        kv::KvService::new(node, quota.clone(), limits.max_txn_ops)
     ))
     .add_service(limited!(
         MaintenanceServer,
-        maintenance::MaintenanceService::new(node.clone())
+        maintenance::MaintenanceService::new(node)
     ))
     .add_service(watch::WatchRoute::new(
         watch::WatchService::new(
-            node.clone(),
+            node,
             limits.watch_progress_notify_interval,
             // etcd fragments above the request limit plus gRPC's overhead.
             limits.max_request_bytes + GRPC_OVERHEAD_BYTES,
@@ -207,20 +207,20 @@ fn routes(node: Arc<NodeHandle>, limits: ServiceLimits) -> Routes {
     ))
     .add_service(limited!(
         LeaseServer,
-        lease::LeaseService::new(node.clone(), limits.min_lease_ttl)
+        lease::LeaseService::new(node, quota, limits.min_lease_ttl)
     ))
-    .add_service(limited!(
-        ClusterServer,
-        cluster::ClusterService::new(node.clone())
-    ))
+    .add_service(limited!(ClusterServer, cluster::ClusterService::new(node)))
     .add_service(limited!(AuthServer, auth::AuthService))
     .add_service(limited!(
         LockServer,
-        lock::LockService::new(node.clone(), limits.min_lease_ttl)
+        lock::LockService::new(node, limits.min_lease_ttl)
     ))
     .add_service(limited!(
         ElectionServer,
-        election::ElectionService::new(node.clone(), limits.min_lease_ttl)
+        election::ElectionService::new(node, limits.min_lease_ttl)
     ))
-    .add_service(limited!(HealthServer, health::HealthService::new(node)))
+    .add_service(limited!(
+        HealthServer,
+        health::HealthService::new(node.status.clone())
+    ))
 }

@@ -45,7 +45,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
-use crate::raft_node::{NodeHandle, Shared};
+use crate::node::{Node, NodeStatus};
 
 /// Responses taken from the outbox at once; within them, a watcher's consecutive event
 /// responses are merged (see [`coalesce`]). Large enough to hold a few batches for a
@@ -72,7 +72,8 @@ const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
 pub struct WatchService {
-    node: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
+    watch: Arc<retcd_mvcc::WatchableStore<RedbBackend>>,
     progress_interval: Duration,
     /// Responses above this are fragmented for watchers that asked
     /// (`--max-request-bytes` plus gRPC's overhead, as etcd).
@@ -83,7 +84,7 @@ pub struct WatchService {
 
 impl WatchService {
     pub fn new(
-        node: Arc<NodeHandle>,
+        node: &Node,
         progress_interval: Duration,
         fragment_bytes: usize,
         election_timeout: Duration,
@@ -94,7 +95,8 @@ impl WatchService {
             progress_interval.max(MIN_PROGRESS_INTERVAL)
         };
         WatchService {
-            node,
+            status: node.status.clone(),
+            watch: node.store.watch.clone(),
             progress_interval,
             fragment_bytes,
             no_leader_grace: 3 * election_timeout,
@@ -130,16 +132,16 @@ impl WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<EncodedWatchResponse>>, Status> {
-        require_leader(&req, &self.node).map_err(Status::from)?;
+        require_leader(&req, &self.status).map_err(Status::from)?;
         let wants_leader = req
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
         let inbound = req.into_inner();
-        let shared = self.node.shared().clone();
+        let status = self.status.clone();
         let data = Arc::new(Notify::new());
         let room = Arc::new(Notify::new());
-        let stream = shared.watch.open_stream(
+        let stream = self.watch.open_stream(
             Box::new({
                 let data = data.clone();
                 move || data.notify_one()
@@ -164,11 +166,11 @@ impl WatchService {
             closed_rx,
             self.progress_interval,
             leader_grace,
-            shared.clone(),
+            status.clone(),
         ));
         let sender = Sender {
             ss,
-            shared,
+            status,
             pending: VecDeque::new(),
             header_cache: None,
             last_drain: None,
@@ -223,7 +225,10 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != WATCH_PATH {
             return Box::pin(async {
-                Ok(Status::unimplemented("unknown Watch method").into_http())
+                Ok(
+                    Status::from(RequestError::Unimplemented("unknown Watch method".into()))
+                        .into_http(),
+                )
             });
         }
         let method = WatchMethod(self.svc.clone());
@@ -363,7 +368,7 @@ async fn receive(
     mut closed: oneshot::Receiver<()>,
     progress_interval: Duration,
     leader_grace: Option<Duration>,
-    shared: Arc<Shared>,
+    status: Arc<NodeStatus>,
 ) {
     let mut progress = tokio::time::interval_at(
         tokio::time::Instant::now() + progress_interval,
@@ -384,7 +389,7 @@ async fn receive(
             _ = &mut closed => break,
             _ = progress.tick() => ss.stream.progress_tick(),
             _ = leader_check.tick(), if leader_grace.is_some() => {
-                if shared.leader() != 0 {
+                if status.leader() != 0 {
                     leaderless_since = None;
                 } else {
                     let since = *leaderless_since.get_or_insert_with(Instant::now);
@@ -440,7 +445,7 @@ fn create_options(c: WatchCreateRequest) -> WatchOptions {
 /// The response side: drains the outbox.
 struct Sender {
     ss: Arc<StreamShared>,
-    shared: Arc<Shared>,
+    status: Arc<NodeStatus>,
     pending: VecDeque<EncodedWatchResponse>,
     /// The encoded header of the last event response, by (revision, term): the responses
     /// of one batch to many watchers share it.
@@ -493,10 +498,10 @@ impl Sender {
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
-            cluster_id: self.shared.cluster_id.0,
-            member_id: self.shared.member_id.0,
+            cluster_id: self.status.cluster_id().0,
+            member_id: self.status.member_id().0,
             revision,
-            raft_term: self.shared.term(),
+            raft_term: self.status.term(),
         })
     }
 

@@ -13,20 +13,21 @@ use tonic::{Request, Response, Status, Streaming};
 use super::codec::decode_message;
 use super::transport::{CLUSTER_ID_HEADER, FROM_HEADER};
 use crate::ids::MemberId;
-use crate::raft_node::{NodeHandle, snapshot_image_path};
+use crate::node::{NodeHandle, NodeStatus, snapshot_image_path};
 
 pub struct PeerService {
-    node: Arc<NodeHandle>,
+    handle: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<NodeHandle>) -> Self {
-        PeerService { node }
+    pub fn new(handle: Arc<NodeHandle>, status: Arc<NodeStatus>) -> Self {
+        PeerService { handle, status }
     }
 
     /// Refuses calls from another cluster and from removed members; returns the sender.
     fn check<T>(&self, req: &Request<T>) -> Result<MemberId, Status> {
-        let shared = self.node.shared();
+        let status = &self.status;
         let header = |name: &str| {
             req.metadata()
                 .get(name)
@@ -35,10 +36,10 @@ impl PeerService {
         };
         let cluster = header(CLUSTER_ID_HEADER)
             .ok_or_else(|| Status::invalid_argument("missing retcd-cluster-id"))?;
-        if cluster != shared.cluster_id.0 {
+        if cluster != status.cluster_id().0 {
             return Err(Status::failed_precondition(format!(
                 "cluster ID mismatch: this member belongs to cluster {}, the sender to {cluster:x}",
-                shared.cluster_id
+                status.cluster_id()
             )));
         }
         let from = MemberId(
@@ -52,7 +53,7 @@ impl PeerService {
     /// stream that was open when it was removed: it may never apply its own removal,
     /// and this answer is how it learns to stop.
     fn refuse_removed(&self, from: MemberId) -> Result<(), Status> {
-        if self.node.shared().member_removed(from) {
+        if self.status.member_removed(from) {
             return Err(Status::permission_denied(
                 "the member has been permanently removed from the cluster",
             ));
@@ -72,7 +73,7 @@ impl Peer for PeerService {
         request: Request<Streaming<MessageBatch>>,
     ) -> Result<Response<StreamDone>, Status> {
         let from = self.check(&request)?;
-        let local = self.node.shared().member_id;
+        let local = self.status.member_id();
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.refuse_removed(from)?;
@@ -89,7 +90,7 @@ impl Peer for PeerService {
                         "snapshots travel on Peer.Snapshot, not on the message stream",
                     ));
                 }
-                self.node.step(m).await.map_err(stopped)?;
+                self.handle.step(m).await.map_err(stopped)?;
             }
         }
         Ok(Response::new(StreamDone {}))
@@ -122,7 +123,7 @@ impl Peer for PeerService {
             .map(|s| s.metadata.index)
             .filter(|&i| i > 0)
             .ok_or_else(|| Status::invalid_argument("snapshot message without metadata"))?;
-        let snap_dir = self.node.shared().snap_dir.clone();
+        let snap_dir = self.status.snap_dir().clone();
         let final_path = snapshot_image_path(&snap_dir, index);
         let tmp = final_path.with_extension("db.part");
         let io = |e: std::io::Error| Status::internal(format!("saving snapshot image: {e}"));
@@ -137,7 +138,7 @@ impl Peer for PeerService {
         drop(file);
         tokio::fs::rename(&tmp, &final_path).await.map_err(io)?;
         tracing::info!(from = %from, index, bytes, "received snapshot image");
-        self.node.step(message).await.map_err(stopped)?;
+        self.handle.step(message).await.map_err(stopped)?;
         Ok(Response::new(SnapshotDone { bytes }))
     }
 
@@ -145,12 +146,12 @@ impl Peer for PeerService {
         &self,
         request: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        let shared = self.node.shared();
-        let m = shared.membership();
+        let status = &self.status;
+        let m = status.membership();
         let _ = request;
         Ok(Response::new(MembersResponse {
-            cluster_id: shared.cluster_id.0,
-            member_id: shared.member_id.0,
+            cluster_id: status.cluster_id().0,
+            member_id: status.member_id().0,
             members: m.members.values().map(|x| x.to_proto()).collect(),
             removed: m.removed.iter().map(|id| id.0).collect(),
         }))

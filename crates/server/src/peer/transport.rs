@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::codec::encode_message;
 use crate::ids::{ClusterId, MemberId};
+use crate::node::{Network, NetworkEvent};
 
 /// Messages queued for one peer at most; beyond, messages are dropped as unreachable.
 const PEER_QUEUE: usize = 4096;
@@ -45,18 +46,6 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 pub const CLUSTER_ID_HEADER: &str = "retcd-cluster-id";
 pub const FROM_HEADER: &str = "retcd-from";
 
-/// What the transport tells the raft loop.
-#[derive(Debug)]
-pub enum TransportEvent {
-    /// Messages to this peer were dropped.
-    Unreachable(MemberId),
-    /// A snapshot to this peer was delivered (`true`) or not.
-    SnapshotDone(MemberId, bool),
-    /// A peer refused us as a member it knows was removed: this member must stop
-    /// (the removal may have been committed without this member ever seeing it).
-    Removed(MemberId),
-}
-
 struct PeerHandle {
     queue: mpsc::Sender<Message>,
     urls: watch::Sender<Vec<String>>,
@@ -69,7 +58,7 @@ pub struct Transport {
     local: MemberId,
     cluster: ClusterId,
     peers: Mutex<HashMap<MemberId, PeerHandle>>,
-    events: StdSender<TransportEvent>,
+    events: StdSender<NetworkEvent>,
 }
 
 impl Transport {
@@ -77,7 +66,7 @@ impl Transport {
         runtime: tokio::runtime::Handle,
         local: MemberId,
         cluster: ClusterId,
-        events: StdSender<TransportEvent>,
+        events: StdSender<NetworkEvent>,
     ) -> Transport {
         Transport {
             runtime,
@@ -150,7 +139,7 @@ impl Transport {
     }
 
     /// Streams a snapshot: `message` (a MsgSnap) first, then the image at `image`, which
-    /// is deleted afterwards. The outcome arrives as [`TransportEvent::SnapshotDone`].
+    /// is deleted afterwards. The outcome arrives as [`NetworkEvent::SnapshotDone`].
     pub fn send_snapshot(&self, message: Message, image: PathBuf) {
         let to = MemberId(message.to);
         let urls = self
@@ -169,7 +158,7 @@ impl Transport {
                 Ok(bytes) => tracing::info!(to = %to, bytes, index = message.snapshot.as_ref().map_or(0, |s| s.metadata.index), "sent snapshot"),
                 Err(e) => tracing::warn!(to = %to, error = %e, "sending snapshot failed"),
             }
-            let _ = events.send(TransportEvent::SnapshotDone(to, result.is_ok()));
+            let _ = events.send(NetworkEvent::SnapshotDone(to, result.is_ok()));
         });
     }
 
@@ -220,7 +209,7 @@ struct PeerTask {
     cluster: ClusterId,
     urls: watch::Receiver<Vec<String>>,
     queue: mpsc::Receiver<Message>,
-    events: StdSender<TransportEvent>,
+    events: StdSender<NetworkEvent>,
 }
 
 async fn peer_task(mut t: PeerTask) {
@@ -247,7 +236,7 @@ async fn peer_task(mut t: PeerTask) {
                 }
             }
         }
-        let _ = t.events.send(TransportEvent::Unreachable(t.peer));
+        let _ = t.events.send(NetworkEvent::Unreachable(t.peer));
         // While disconnected, queued messages are stale by the time we reconnect;
         // Raft resends what matters.
         let deadline = tokio::time::Instant::now() + backoff;
@@ -293,7 +282,7 @@ async fn stream_to(t: &mut PeerTask, channel: Channel) -> bool {
                     Ok(_) => tracing::debug!(peer = %t.peer, "peer closed the stream"),
                     Err(status) if status.code() == tonic::Code::PermissionDenied => {
                         tracing::warn!(peer = %t.peer, error = %status.message(), "a peer says this member was removed");
-                        let _ = t.events.send(TransportEvent::Removed(t.peer));
+                        let _ = t.events.send(NetworkEvent::Removed(t.peer));
                     }
                     Err(status) => {
                         if status.code() == tonic::Code::FailedPrecondition {
@@ -360,4 +349,19 @@ async fn send_snapshot(
     answer
         .map(|r| r.into_inner().bytes)
         .map_err(|s| s.message().to_string())
+}
+
+impl Network for Transport {
+    fn set_peers(&mut self, peers: &[(MemberId, Vec<String>)]) {
+        Transport::set_peers(self, peers);
+    }
+    fn send(&mut self, messages: Vec<Message>) -> Vec<MemberId> {
+        Transport::send(self, messages)
+    }
+    fn send_snapshot(&mut self, message: Message, image: PathBuf) {
+        Transport::send_snapshot(self, message, image);
+    }
+    fn shutdown(&mut self) {
+        Transport::shutdown(self);
+    }
 }

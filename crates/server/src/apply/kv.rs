@@ -1,58 +1,32 @@
-//! The state machine: committed requests in, MVCC changes and responses out.
-//!
-//! # Contract
-//! - **Deterministic.** The outcome of an entry depends only on the store's state and the
-//!   entry: no clock, no randomness, no configuration that could differ between members.
-//!   Every member that applies the same log reaches the same revisions and HashKV.
-//! - **Client errors are answers.** A request that cannot take effect (a put with
-//!   `ignore_value` on a missing key, an unknown lease, a compacted or future revision)
-//!   changes nothing and yields an [`EtcdError`] for the proposer; apply goes on.
-//! - **Storage errors stop the node.** An I/O or corruption error from MVCC or the
-//!   backend is returned as `Err(MvccError)`; the raft loop logs it and stops without
-//!   answering anyone, so no client is told "success" for a write that may not be stored.
-//! - **Atomic requests.** A txn checks everything that could fail deterministically (the
-//!   chosen branch's puts and ranges, nested txns included) before its first write, so a
-//!   failing txn leaves no partial effect, and all its changes share one revision.
+//! KV requests are decided here: put, delete, txn and compaction as apply applies them,
+//! and range, inside apply (a Range entry, a txn's ranges) and on the read path.
 //!
 //! The same range and txn code serves reads outside Raft (serializable ranges, read-only
 //! txns after a ReadIndex) through the [`KvRead`] trait, implemented by MVCC's read view
-//! and by its write transaction.
+//! and by its write transaction, so a read answers exactly as apply would.
+//!
+//! Every request is checked again here with etcd's request checks ([`super::validate`]):
+//! an entry's bytes are not trusted. A txn checks everything that could fail
+//! deterministically (the chosen branch's puts and ranges, nested txns included) before
+//! its first write, so a failing txn leaves no partial effect, and all its changes share
+//! one revision.
 
 use bytes::Bytes;
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
-    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
-    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, range_request,
-    request_op, response_op,
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse, compare, range_request, request_op, response_op,
 };
 use retcd_api::mvccpb;
 use retcd_backend::Backend;
+use retcd_lease::{LeaseId, Lessor};
 use retcd_mvcc::{KeyValue, MvccError, PutResult, RangeOptions, RangeResult, ReadView, TxnWrite};
 
+use super::validate;
+use super::{ApplyResponse, ApplyResult};
 use crate::errors::client_error;
-use crate::lease::Lessor;
 use crate::metrics::Metrics;
-
-/// A successful answer to a proposed request.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ApplyResponse {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compaction(CompactionResponse),
-    /// A membership change: the members after it.
-    Members(Vec<retcd_api::etcdserverpb::Member>),
-    LeaseGrant(LeaseGrantResponse),
-    LeaseRevoke(LeaseRevokeResponse),
-    /// Renewed leases' TTLs, in the request's order; 0 for a lease that does not exist.
-    LeaseRenew(Vec<i64>),
-    /// The alarm an activation or deactivation changed (empty if none).
-    Alarm(Vec<retcd_api::etcdserverpb::AlarmMember>),
-}
-
-/// What the proposer of an entry is told.
-pub type ApplyResult = Result<ApplyResponse, EtcdError>;
 
 /// Reads inside apply or outside it.
 pub trait KvRead {
@@ -113,7 +87,7 @@ impl<W: KvRead> KvRead for LeasedTxn<'_, W> {
         self.txn.current_revision()
     }
     fn lease_exists(&self, id: i64) -> bool {
-        self.lessor.exists(id)
+        self.lessor.contains(LeaseId(id))
     }
 }
 
@@ -124,23 +98,24 @@ impl<W: KvWrite> KvWrite for LeasedTxn<'_, W> {
             && prev.lease != 0
             && prev.lease != lease
         {
-            self.lessor.detach(prev.lease, key);
+            self.lessor.detach(LeaseId(prev.lease), key);
         }
         if lease != 0 {
-            self.lessor.attach(lease, key);
+            self.lessor.attach(LeaseId(lease), key);
         }
         Ok(r)
     }
     fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
         let deleted = self.txn.delete_range(key, end)?;
         for kv in deleted.iter().filter(|kv| kv.lease != 0) {
-            self.lessor.detach(kv.lease, &kv.key);
+            self.lessor.detach(LeaseId(kv.lease), &kv.key);
         }
         Ok(deleted)
     }
 }
 
-/// A read view used where a txn's write methods can never be reached (read-only txns).
+/// A reader serving a txn that was checked to be read-only ([`txn_is_read_only`]): a
+/// write reaching it is a bug of that check, answered with an error, never a panic.
 struct ReadOnly<'a, R: KvRead>(&'a R);
 
 impl<R: KvRead> KvRead for ReadOnly<'_, R> {
@@ -157,10 +132,10 @@ impl<R: KvRead> KvRead for ReadOnly<'_, R> {
 
 impl<R: KvRead> KvWrite for ReadOnly<'_, R> {
     fn put(&mut self, _: &[u8], _: &[u8], _: i64) -> Result<PutResult, MvccError> {
-        unreachable!("a write reached a txn that was checked to be read-only")
+        Err(MvccError::ReadOnly)
     }
     fn delete_range(&mut self, _: &[u8], _: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
-        unreachable!("a write reached a txn that was checked to be read-only")
+        Err(MvccError::ReadOnly)
     }
 }
 
@@ -187,40 +162,63 @@ pub fn to_pb(kv: KeyValue) -> mvccpb::KeyValue {
     }
 }
 
-/// Applies one request in the open transaction `txn` (one revision). `Ok(Err(_))` is a
-/// client error that changed nothing; `Err(_)` is fatal.
-pub fn apply_request<W: KvWrite>(
-    txn: &mut W,
-    req: &InternalRaftRequest,
-    metrics: &Metrics,
-) -> Result<ApplyResult, MvccError> {
-    if let Some(put) = &req.put {
-        return Ok(apply_put(txn, put, metrics)?.map(ApplyResponse::Put));
-    }
-    if let Some(del) = &req.delete_range {
-        return Ok(Ok(ApplyResponse::DeleteRange(apply_delete(
-            txn, del, metrics,
-        )?)));
-    }
-    if let Some(t) = &req.txn {
-        return Ok(apply_txn(txn, t, metrics)?.map(ApplyResponse::Txn));
-    }
-    // Compaction is applied by the raft loop on the batch (see `raft_node`), not in a txn;
-    // anything else is a request kind this version cannot apply. Every member of this
-    // version refuses it identically.
-    Ok(Err(EtcdError::NotCapable))
-}
-
-/// etcd's Put: the key must exist for `ignore_value`/`ignore_lease`; a lease must exist.
-fn apply_put<W: KvWrite>(
+/// A Put entry: etcd's request checks, then the state checks (`ignore_*` need the key,
+/// a lease must exist), then the write, at one new revision.
+pub(super) fn put<W: KvWrite>(
     txn: &mut W,
     req: &PutRequest,
     metrics: &Metrics,
-) -> Result<Result<PutResponse, EtcdError>, MvccError> {
+) -> Result<ApplyResult, MvccError> {
+    if let Err(e) = validate::check_put(req) {
+        return Ok(Err(e));
+    }
     if let Err(e) = check_put(txn, req)? {
         return Ok(Err(e));
     }
-    put_checked(txn, req, metrics).map(Ok)
+    Ok(Ok(ApplyResponse::Put(put_checked(txn, req, metrics)?)))
+}
+
+/// A DeleteRange entry.
+pub(super) fn delete<W: KvWrite>(
+    txn: &mut W,
+    req: &DeleteRangeRequest,
+    metrics: &Metrics,
+) -> Result<ApplyResult, MvccError> {
+    if let Err(e) = validate::check_delete(req) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(ApplyResponse::DeleteRange(apply_delete(
+        txn, req, metrics,
+    )?)))
+}
+
+/// A Txn entry: etcd's request checks (but `--max-txn-ops`, which is configuration),
+/// then [`apply_txn`].
+pub(super) fn txn<W: KvWrite>(
+    txn: &mut W,
+    req: &TxnRequest,
+    metrics: &Metrics,
+) -> Result<ApplyResult, MvccError> {
+    if let Err(e) = validate::check_txn_request(req, None) {
+        return Ok(Err(e));
+    }
+    Ok(apply_txn(txn, req, metrics)?.map(ApplyResponse::Txn))
+}
+
+/// A Range entry (etcd 3.4 no longer proposes them, but the log may hold one): answered
+/// as the read path answers it, inside the batch.
+pub(super) fn range<R: KvRead>(
+    r: &R,
+    req: &RangeRequest,
+    metrics: &Metrics,
+) -> Result<ApplyResult, MvccError> {
+    if let Err(e) = validate::check_range(req) {
+        return Ok(Err(e));
+    }
+    match execute_range(r, req, metrics) {
+        Ok(resp) => Ok(Ok(ApplyResponse::Range(resp))),
+        Err(e) => deterministic(e).map(Err),
+    }
 }
 
 /// A put whose checks passed or are done here: `ignore_*` read the current key.
@@ -232,15 +230,21 @@ fn put_checked<W: KvWrite>(
     let (mut value, mut lease) = (req.value.clone(), req.lease);
     if req.ignore_value || req.ignore_lease {
         let prev = txn.range(&req.key, b"", RangeOptions::default())?;
-        let Some(prev) = prev.kvs.into_iter().next() else {
-            // Callers check existence first (`check_put`); reaching here is a bug.
-            unreachable!("ignore_value/ignore_lease put on a missing key passed its check");
-        };
-        if req.ignore_value {
-            value = Bytes::from(prev.value);
-        }
-        if req.ignore_lease {
-            lease = prev.lease;
+        match prev.kvs.into_iter().next() {
+            Some(prev) => {
+                if req.ignore_value {
+                    value = Bytes::from(prev.value);
+                }
+                if req.ignore_lease {
+                    lease = prev.lease;
+                }
+            }
+            // `check_put` saw the key and the duplicate-key rule keeps a txn from deleting
+            // it first, so this is a bug; every member reaches it alike, so write what
+            // was asked rather than stop every member at every replay.
+            None => tracing::error!(
+                "a put with ignore_value/ignore_lease found no key although its checks passed"
+            ),
         }
     }
     let r = txn.put(&req.key, &value, lease)?;
@@ -430,7 +434,7 @@ fn apply_txn<W: KvWrite>(
 ) -> Result<Result<TxnResponse, EtcdError>, MvccError> {
     metrics.mvcc_txn.inc();
     let mut path = Vec::new();
-    txn_path(txn, t, &mut path);
+    txn_path(txn, t, &mut path)?;
     let mut at = 0;
     if let Err(e) = check_txn(txn, t, &path, &mut at)? {
         return Ok(Err(e));
@@ -442,15 +446,22 @@ fn apply_txn<W: KvWrite>(
 }
 
 /// The branch taken by `t` and by each nested txn on the way, in pre-order.
-fn txn_path<R: KvRead>(r: &R, t: &TxnRequest, path: &mut Vec<bool>) {
-    let succeeded = t.compare.iter().all(|c| compare_holds(r, c));
+fn txn_path<R: KvRead>(r: &R, t: &TxnRequest, path: &mut Vec<bool>) -> Result<(), MvccError> {
+    let mut succeeded = true;
+    for c in &t.compare {
+        if !compare_holds(r, c)? {
+            succeeded = false;
+            break;
+        }
+    }
     path.push(succeeded);
     let ops = if succeeded { &t.success } else { &t.failure };
     for op in ops {
         if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
-            txn_path(r, nested, path);
+            txn_path(r, nested, path)?;
         }
     }
+    Ok(())
 }
 
 fn branch<'t>(t: &'t TxnRequest, path: &[bool], at: &mut usize) -> (bool, &'t [RequestOp]) {
@@ -535,17 +546,15 @@ fn execute_txn<W: KvWrite>(
 
 /// Whether `c` holds: for a range compare, for every key in it. A compare on the value
 /// of a missing key fails; other targets compare a missing key as zero (etcd).
-fn compare_holds<R: KvRead>(r: &R, c: &Compare) -> bool {
-    let Ok(rr) = r.range(&c.key, &c.range_end, RangeOptions::default()) else {
-        return false;
-    };
+fn compare_holds<R: KvRead>(r: &R, c: &Compare) -> Result<bool, MvccError> {
+    let rr = r.range(&c.key, &c.range_end, RangeOptions::default())?;
     if rr.kvs.is_empty() {
         if c.target == compare::CompareTarget::Value as i32 {
-            return false;
+            return Ok(false);
         }
-        return compare_kv(c, &KeyValue::default());
+        return Ok(compare_kv(c, &KeyValue::default()));
     }
-    rr.kvs.iter().all(|kv| compare_kv(c, kv))
+    Ok(rr.kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
@@ -585,12 +594,12 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// Applies a compaction on the batch. `Ok(Err)` for a compacted or future revision.
-pub fn apply_compaction<B: Backend>(
+/// A Compaction entry, on the batch (compaction is not a txn: it changes no revision).
+pub(super) fn compaction<B: Backend>(
     batch: &mut retcd_mvcc::WriteBatch<'_, B>,
-    revision: i64,
+    req: &CompactionRequest,
 ) -> Result<ApplyResult, MvccError> {
-    match batch.compact(revision) {
+    match batch.compact(req.revision) {
         Ok(()) => Ok(Ok(ApplyResponse::Compaction(CompactionResponse {
             header: header(batch.current_revision()),
         }))),
@@ -602,6 +611,7 @@ pub fn apply_compaction<B: Backend>(
 mod tests {
     use super::*;
     use compare::{CompareResult, CompareTarget, TargetUnion};
+    use retcd_api::etcdserverpb::InternalRaftRequest;
     use retcd_backend::MemBackend;
     use retcd_mvcc::KvStore;
 
@@ -624,8 +634,12 @@ mod tests {
         let m = Metrics::default();
         let mut batch = kv.begin_batch().unwrap();
         let result = {
-            let mut txn = batch.txn();
-            apply_request(&mut txn, req, &m).unwrap()
+            let mut w = batch.txn();
+            match (&req.put, &req.txn) {
+                (Some(p), _) => put(&mut w, p, &m).unwrap(),
+                (_, Some(t)) => super::txn(&mut w, t, &m).unwrap(),
+                _ => panic!("the tests apply puts and txns only: {req:?}"),
+            }
         };
         batch.commit().unwrap();
         result
@@ -683,7 +697,7 @@ mod tests {
         apply(&kv, &put_req("a", "1")).unwrap(); // rev 2
         apply(&kv, &put_req("a", "2")).unwrap(); // rev 3
         let view = kv.view().unwrap();
-        let holds = |c: Compare| compare_holds(&view, &c);
+        let holds = |c: Compare| compare_holds(&view, &c).unwrap();
         use CompareResult::*;
         use CompareTarget as T;
         assert!(holds(cmp(
@@ -761,7 +775,7 @@ mod tests {
             TargetUnion::CreateRevision(1),
         );
         c.range_end = Bytes::from_static(b"l");
-        assert!(compare_holds(&view, &c));
+        assert!(compare_holds(&view, &c).unwrap());
         let mut c = cmp(
             "k",
             CompareTarget::Value,
@@ -769,7 +783,7 @@ mod tests {
             TargetUnion::Value("a".into()),
         );
         c.range_end = Bytes::from_static(b"l");
-        assert!(!compare_holds(&view, &c));
+        assert!(!compare_holds(&view, &c).unwrap());
     }
 
     // Goal: a txn's ops, nested ones included, share one revision; nested compares see the

@@ -1,29 +1,31 @@
-//! Alarms and the backend quota (etcd's alarm store and `backendQuota`).
+//! Alarms are decided here: the alarm set, what an Alarm entry changes, and the capped
+//! gate that NOSPACE puts in front of every request (etcd's alarm store and
+//! `applierV3Capped`).
 //!
 //! An alarm is a (member, type) pair, raised and cleared through Raft and kept in the
 //! backend's `alarm` bucket, so every member agrees on the set and it survives restarts.
 //!
-//! The quota: before a put, a txn or a lease grant is proposed, the backend's size plus
-//! an estimate of what the request adds (etcd's) must stay below `--quota-backend-bytes`;
-//! otherwise the member raises NOSPACE and refuses with "database space exceeded". While
-//! any NOSPACE alarm is raised, apply refuses what would grow the store (puts, txns that
-//! hold a put, lease grants) on every member, and keeps refusing after compaction and
-//! defragmentation freed space, until an operator disarms the alarm (as etcd does).
-//! Ranges, deletes, compaction and defragmentation go on.
+//! While any NOSPACE alarm is raised, the capped gate refuses what would grow the store
+//! (puts, txns with a put in either branch, lease grants) on every member, and keeps
+//! refusing after compaction and defragmentation freed space, until an operator disarms
+//! the alarm, as etcd does. Ranges, deletes, compaction and defragmentation go on.
+//!
+//! The other half of etcd's quota, the check before proposing that raises NOSPACE, is
+//! `crate::quota`: it compares this member's backend size, which differs between
+//! members, so it cannot be decided here.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
+use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmType, InternalRaftRequest, LeaseGrantRequest, PutRequest,
-    RequestOp, TxnRequest, alarm_request::AlarmAction, request_op,
+    AlarmMember, AlarmRequest, AlarmType, RequestOp, TxnRequest, alarm_request::AlarmAction,
+    request_op,
 };
 use retcd_backend::{BackendError, Bucket, ReadTx, WriteTx};
 
-/// etcd's estimate of what a key's metadata costs in the backend.
-const KV_OVERHEAD: u64 = 256;
-/// etcd's estimate of what a lease costs in the backend.
-const LEASE_OVERHEAD: u64 = 64;
+use super::request::Request;
+use super::{Gate, GateState};
 
 /// The raised alarms, as of the applied index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,42 +113,39 @@ impl Alarms {
     }
 }
 
-/// What a put adds to the backend, by etcd's estimate.
-pub fn put_cost(r: &PutRequest) -> u64 {
-    let lease = if r.lease != 0 { LEASE_OVERHEAD } else { 0 };
-    KV_OVERHEAD + r.key.len() as u64 + r.value.len() as u64 + lease
+/// etcd's capped applier: while NOSPACE is raised, requests that grow the store are
+/// refused with "database space exceeded".
+pub struct CappedGate;
+
+impl Gate for CappedGate {
+    fn name(&self) -> &'static str {
+        "capped"
+    }
+
+    fn admit(&self, req: &Request<'_>, state: &GateState<'_>) -> Result<(), EtcdError> {
+        if state.alarms.no_space() && grows_store(req) {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
 }
 
-/// What a txn adds: the costlier branch's puts (nested txns are not counted, as in etcd).
-pub fn txn_cost(r: &TxnRequest) -> u64 {
-    let branch = |ops: &[RequestOp]| -> u64 {
+/// Whether `req` may grow the store: a put, a txn with a put in either branch (etcd
+/// looks at the top level only: its quota cost of the txn is then > 0), a lease grant.
+fn grows_store(req: &Request<'_>) -> bool {
+    match req {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(t) => txn_has_put(t),
+        _ => false,
+    }
+}
+
+fn txn_has_put(t: &TxnRequest) -> bool {
+    let has = |ops: &[RequestOp]| {
         ops.iter()
-            .map(|op| match &op.request {
-                Some(request_op::Request::RequestPut(p)) => put_cost(p),
-                _ => 0,
-            })
-            .sum()
+            .any(|op| matches!(op.request, Some(request_op::Request::RequestPut(_))))
     };
-    branch(&r.success).max(branch(&r.failure))
-}
-
-/// Whether apply refuses `req` while NOSPACE is raised (etcd's capped applier): puts,
-/// txns with a put in either branch, lease grants.
-pub fn grows_store(req: &InternalRaftRequest) -> bool {
-    req.put.is_some()
-        || req.lease_grant.is_some()
-        || req.txn.as_ref().is_some_and(|t| txn_cost(t) > 0)
-}
-
-/// What a lease grant adds.
-pub fn lease_grant_cost(_r: &LeaseGrantRequest) -> u64 {
-    LEASE_OVERHEAD
-}
-
-/// Whether a request of `cost` fits: the backend's size plus the cost stays below the
-/// quota (etcd's `backendQuota.Available`).
-pub fn fits(db_size: u64, cost: u64, quota: u64) -> bool {
-    db_size.saturating_add(cost) < quota
+    has(&t.success) || has(&t.failure)
 }
 
 #[cfg(test)]
@@ -215,29 +214,56 @@ mod tests {
         assert_eq!(loaded.list(AlarmType::None).len(), 1);
     }
 
-    // Goal: etcd's cost estimates: key + value + 256, + 64 with a lease; a txn costs its
-    // costlier branch.
+    // Goal: etcd's capped applier: with NOSPACE raised, puts, txns with a put in either
+    // branch (top level) and lease grants are refused; everything else goes through.
     #[test]
-    fn costs_follow_etcd() {
-        let put = |k: &str, v: &str, lease: i64| PutRequest {
-            key: k.to_owned().into(),
-            value: v.to_owned().into(),
-            lease,
+    fn capped_gate_refuses_what_grows_the_store() {
+        use retcd_api::etcdserverpb::{
+            DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+        };
+        let backend = MemBackend::new();
+        let mut alarms = Alarms::default();
+        let put = PutRequest::default();
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestPut(put.clone())),
+        };
+        let with_put = TxnRequest {
+            failure: vec![op.clone()],
             ..Default::default()
         };
-        assert_eq!(put_cost(&put("ab", "cde", 0)), 261);
-        assert_eq!(put_cost(&put("ab", "cde", 5)), 325);
-        let op = |p: PutRequest| RequestOp {
-            request: Some(request_op::Request::RequestPut(p)),
-        };
-        let txn = TxnRequest {
-            success: vec![op(put("a", "", 0))],
-            failure: vec![op(put("a", "", 0)), op(put("b", "", 0))],
+        let nested_put = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(TxnRequest {
+                    success: vec![op],
+                    ..Default::default()
+                })),
+            }],
             ..Default::default()
         };
-        assert_eq!(txn_cost(&txn), 2 * 257);
-        assert_eq!(txn_cost(&TxnRequest::default()), 0);
-        assert!(fits(100, 10, 111));
-        assert!(!fits(100, 11, 111));
+        let grant = LeaseGrantRequest::default();
+        let revoke = LeaseRevokeRequest::default();
+        let del = DeleteRangeRequest::default();
+        let admit = |alarms: &Alarms, r: Request<'_>| CappedGate.admit(&r, &GateState { alarms });
+        assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
+        let mut tx = backend.begin_write().unwrap();
+        alarms
+            .apply(&mut tx, &req(AlarmAction::Activate, 1, AlarmType::Nospace))
+            .unwrap();
+        assert_eq!(admit(&alarms, Request::Put(&put)), Err(EtcdError::NoSpace));
+        assert_eq!(
+            admit(&alarms, Request::Txn(&with_put)),
+            Err(EtcdError::NoSpace)
+        );
+        assert_eq!(
+            admit(&alarms, Request::LeaseGrant(&grant)),
+            Err(EtcdError::NoSpace)
+        );
+        assert_eq!(
+            admit(&alarms, Request::Txn(&nested_put)),
+            Ok(()),
+            "as etcd: top level only"
+        );
+        assert_eq!(admit(&alarms, Request::LeaseRevoke(&revoke)), Ok(()));
+        assert_eq!(admit(&alarms, Request::DeleteRange(&del)), Ok(()));
     }
 }

@@ -1,0 +1,284 @@
+//! A member's data directory: its layout, and what a member starts from. An existing
+//! directory is recovered (the newest snapshot the WAL vouches for, the log after it, a
+//! received snapshot image left uninstalled); an empty one is bootstrapped for a new
+//! cluster (one configuration change per initial member) or for joining a running one.
+//! The checks that the backend and the WAL belong together are here.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message as _;
+use retcd_backend::{Backend, RedbBackend, WriteTx};
+use retcd_mvcc::KvStore;
+use retcd_raft::{ConfChange, ConfChangeType, ConfState, EntryType, MemStorage};
+use retcd_wal::{SnapshotMarker, Snapshotter, StdVfs, Wal, WalOptions};
+
+use super::{Bootstrap, NodeConfig, NodeError};
+use crate::ids::{ClusterId, MemberId};
+use crate::membership::Member;
+
+/// `<data-dir>/member/wal`, `<data-dir>/member/snap` and `<data-dir>/member/snap/db`.
+pub struct DataLayout {
+    pub wal_dir: PathBuf,
+    pub snap_dir: PathBuf,
+    pub db_path: PathBuf,
+}
+
+impl DataLayout {
+    pub fn new(data_dir: &Path) -> Self {
+        let member = data_dir.join("member");
+        DataLayout {
+            wal_dir: member.join("wal"),
+            snap_dir: member.join("snap"),
+            db_path: member.join("snap").join("db"),
+        }
+    }
+}
+
+/// The WAL's metadata record: member id and cluster id, 8 bytes each, big-endian.
+fn encode_wal_metadata(member: MemberId, cluster: ClusterId) -> Vec<u8> {
+    let mut m = member.0.to_be_bytes().to_vec();
+    m.extend_from_slice(&cluster.0.to_be_bytes());
+    m
+}
+
+fn decode_wal_metadata(m: &[u8]) -> Result<(MemberId, ClusterId), NodeError> {
+    let bad = || NodeError::Invalid(format!("WAL metadata has {} bytes, want 16", m.len()));
+    if m.len() != 16 {
+        return Err(bad());
+    }
+    let word = |i: usize| u64::from_be_bytes(m[i..i + 8].try_into().expect("8 bytes"));
+    Ok((MemberId(word(0)), ClusterId(word(8))))
+}
+
+/// Meta key of the peers a member joining an existing cluster learned at its start,
+/// which it can reach before its log tells it the membership.
+const JOIN_PEERS_KEY: &[u8] = b"retcd_join_peers";
+
+/// The first entries of a new cluster's log, the same on every member: one
+/// configuration change adding each initial member (sorted by id), at term 1, committed.
+/// A member that joins later replays them like any other entry, so every member derives
+/// the configuration from the log alone (etcd bootstraps the same way).
+fn bootstrap_entries(members: &[Member]) -> Vec<retcd_raft::Entry> {
+    let mut sorted: Vec<&Member> = members.iter().collect();
+    sorted.sort_by_key(|m| m.id);
+    sorted
+        .iter()
+        .zip(1u64..)
+        .map(|(m, index)| retcd_raft::Entry {
+            term: 1,
+            index,
+            entry_type: EntryType::ConfChange,
+            data: ConfChange {
+                id: 0,
+                change_type: ConfChangeType::AddNode,
+                node_id: m.id.0,
+                context: Bytes::from(m.encode()),
+            }
+            .encode(),
+        })
+        .collect()
+}
+
+/// Where a received snapshot image waits until it is installed.
+pub fn snapshot_image_path(snap_dir: &Path, index: u64) -> PathBuf {
+    snap_dir.join(format!("{index:016x}.snap.db"))
+}
+
+/// The WAL and the Raft log a member starts from.
+pub(super) struct Recovered {
+    pub wal: Wal,
+    pub storage: MemStorage,
+    pub member_id: MemberId,
+    pub cluster_id: ClusterId,
+    pub snapshot_index: u64,
+    /// The Raft configuration as of the snapshot (or the bootstrap).
+    pub conf_state: ConfState,
+}
+
+/// Restarts from the newest snapshot the WAL has a marker for and the log after it, or
+/// creates a new WAL for a new member. Checks that the backend and the WAL belong
+/// together. A snapshot image received from the leader but not yet installed when the
+/// member stopped is installed now.
+pub(super) fn recover_or_bootstrap(
+    cfg: &NodeConfig,
+    layout: &DataLayout,
+    snapshotter: &Snapshotter,
+    kv: &KvStore<RedbBackend>,
+) -> Result<Recovered, NodeError> {
+    let wal_opts = WalOptions::default();
+    let ci = kv.consistent_index();
+    if Wal::exists(&layout.wal_dir, &StdVfs)? {
+        let markers = retcd_wal::valid_snapshot_markers(&layout.wal_dir, &wal_opts)?;
+        let load = snapshotter.load_matching(&markers)?;
+        let snapshot = load.snapshot;
+        let from = snapshot.as_ref().map_or(SnapshotMarker::new(0, 0), |s| {
+            SnapshotMarker::new(s.metadata.index, s.metadata.term)
+        });
+        let (wal, recovered) = Wal::open(&layout.wal_dir, &from)?;
+        let (member_id, cluster_id) = decode_wal_metadata(&recovered.metadata)?;
+        if member_id != cfg.member_id || cluster_id != cfg.cluster_id {
+            tracing::warn!(
+                wal_member_id = %member_id,
+                flags_member_id = %cfg.member_id,
+                "the data directory belongs to another member id than the flags give; using the data directory's"
+            );
+        }
+        let snapshot_index = snapshot.as_ref().map_or(0, |s| s.metadata.index);
+        // Without a snapshot the configuration is rebuilt from the log's entries.
+        let conf_state = snapshot
+            .as_ref()
+            .map_or(ConfState::default(), |s| s.metadata.conf_state.clone());
+        let storage = MemStorage::new();
+        if let Some(s) = snapshot {
+            storage.apply_snapshot(s)?;
+        }
+        storage.set_hard_state(recovered.hard_state);
+        storage.append(&recovered.entries)?;
+        let hs = recovered.hard_state;
+        let mut ci = ci;
+        if ci.index < snapshot_index {
+            // The member stopped between saving a received snapshot and installing it.
+            let image = snapshot_image_path(&layout.snap_dir, snapshot_index);
+            if image.exists() {
+                install_image(kv, &image)?;
+                ci = kv.consistent_index();
+                tracing::info!(
+                    index = snapshot_index,
+                    "installed a received snapshot image left from before the restart"
+                );
+            }
+        }
+        // Invariant: a durable backend commit never covers more than the WAL's
+        // durable commit index (see the module docs); anything else means the
+        // backend and the WAL do not belong together. A snapshot from the leader may
+        // carry a backend ahead of its own index (etcd's rule too), which the WAL's
+        // snapshot marker vouches for.
+        if ci.index > hs.commit && ci.index > snapshot_index {
+            return Err(NodeError::Invalid(format!(
+                "backend consistent index {} ({}) is beyond the WAL's commit index {} ({}): the WAL lost records it had fsynced, or the two do not belong together",
+                ci.index,
+                layout.db_path.display(),
+                hs.commit,
+                layout.wal_dir.display()
+            )));
+        }
+        if ci.index < snapshot_index {
+            return Err(NodeError::Invalid(format!(
+                "backend consistent index {} is behind the raft snapshot at {}: entries between them are gone",
+                ci.index, snapshot_index
+            )));
+        }
+        tracing::info!(
+            member_id = %member_id,
+            cluster_id = %cluster_id,
+            term = hs.term,
+            commit = hs.commit,
+            consistent_index = ci.index,
+            snapshot_index,
+            entries = recovered.entries.len(),
+            "restarting member from its data directory"
+        );
+        return Ok(Recovered {
+            wal,
+            storage,
+            member_id,
+            cluster_id,
+            snapshot_index,
+            conf_state,
+        });
+    }
+    if ci.index != 0 {
+        return Err(NodeError::Invalid(format!(
+            "{} holds applied data (consistent index {}) but {} holds no WAL",
+            layout.db_path.display(),
+            ci.index,
+            layout.wal_dir.display()
+        )));
+    }
+    // A joining member records whom it can reach first; should it stop before the WAL
+    // exists, the next start bootstraps again and writes the same record.
+    if let Bootstrap::Existing { membership } = &cfg.bootstrap {
+        let peers = retcd_api::peerpb::MembersResponse {
+            cluster_id: cfg.cluster_id.0,
+            member_id: cfg.member_id.0,
+            members: membership.members.values().map(Member::to_proto).collect(),
+            removed: membership.removed.iter().map(|id| id.0).collect(),
+        };
+        let mut tx = kv.backend().begin_write()?;
+        tx.put(
+            retcd_backend::Bucket::Meta,
+            JOIN_PEERS_KEY,
+            &peers.encode_to_vec(),
+        )?;
+        tx.commit()?;
+    }
+    let mut wal = Wal::create(
+        &layout.wal_dir,
+        &encode_wal_metadata(cfg.member_id, cfg.cluster_id),
+    )?;
+    let storage = MemStorage::new();
+    let joining = match &cfg.bootstrap {
+        Bootstrap::New { members } => {
+            let entries = bootstrap_entries(members);
+            let hs = retcd_raft::HardState {
+                term: 1,
+                vote: 0,
+                commit: entries.len() as u64,
+            };
+            wal.save(&hs, &entries)?;
+            storage.append(&entries)?;
+            storage.set_hard_state(hs);
+            false
+        }
+        Bootstrap::Existing { .. } => true,
+    };
+    tracing::info!(
+        member_id = %cfg.member_id,
+        cluster_id = %cfg.cluster_id,
+        joining,
+        data_dir = %cfg.data_dir.display(),
+        "starting a new member"
+    );
+    Ok(Recovered {
+        wal,
+        storage,
+        member_id: cfg.member_id,
+        cluster_id: cfg.cluster_id,
+        snapshot_index: 0,
+        conf_state: ConfState::default(),
+    })
+}
+
+/// The peers a joining member learned at its start (empty for everyone else).
+pub(super) fn join_peers(
+    kv: &KvStore<RedbBackend>,
+) -> Result<Vec<(MemberId, Vec<String>)>, NodeError> {
+    use retcd_backend::ReadTx as _;
+    let Some(bytes) = kv
+        .backend()
+        .begin_read()?
+        .get(retcd_backend::Bucket::Meta, JOIN_PEERS_KEY)?
+    else {
+        return Ok(Vec::new());
+    };
+    let resp = retcd_api::peerpb::MembersResponse::decode(bytes.as_slice())
+        .map_err(|e| NodeError::Invalid(format!("join peers record: {e}")))?;
+    Ok(resp
+        .members
+        .into_iter()
+        .map(Member::from_proto)
+        .map(|m| (m.id, m.peer_urls))
+        .collect())
+}
+
+/// Replaces the store with a snapshot image file, then deletes the file.
+pub(super) fn install_image(kv: &KvStore<RedbBackend>, image: &Path) -> Result<(), NodeError> {
+    let file = std::fs::File::open(image)?;
+    let mut reader = std::io::BufReader::new(file);
+    kv.restore_snapshot(&mut reader)?;
+    if let Err(e) = std::fs::remove_file(image) {
+        tracing::warn!(path = %image.display(), error = %e, "cannot remove an installed snapshot image");
+    }
+    Ok(())
+}
