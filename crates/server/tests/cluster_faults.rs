@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 use retcd_testkit::history::Recorder;
 use retcd_testkit::history::{Input, Outcome, Output};

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, PutOptions, WatchOptions};
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 
 const ELECTION_MS: u64 = 500;

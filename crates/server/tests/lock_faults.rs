@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, LockOptions, Txn, TxnOp};
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 use retcd_testkit::watch_checker::{EventKind, Response};
 use retcd_testkit::watch_recorder::{self, Finish, WatchSpec};

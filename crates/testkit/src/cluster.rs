@@ -881,7 +881,7 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = retcd_raft::rand::SplitMix64::new(seed);
+    let mut rng = retcd_prng::SplitMix64::new(seed);
     let mut ports = Vec::with_capacity(n);
     let mut held = Vec::with_capacity(n);
     for _ in 0..10_000 {
