@@ -47,22 +47,6 @@ const LOG_TAIL_LINES: usize = 40;
 /// Tries of [`Cluster::start`] when another process took a port we picked meanwhile.
 const START_ATTEMPTS: usize = 3;
 
-/// The etcd binary for tests that compare with it: `$ETCD_BIN` if set, else
-/// `/usr/bin/etcd`, else `etcd` on the `PATH`; `None` if none exists.
-pub fn etcd_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("ETCD_BIN") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let system = PathBuf::from("/usr/bin/etcd");
-    if system.is_file() {
-        return Some(system);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file())
-}
-
 /// What to start. Build it with [`ClusterSpec::new`] and the setters.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {

@@ -1,12 +1,13 @@
 //! The server tests' shared helpers, one copy each. Here: the real `retcd` binary for
 //! tests (free ports on 127.0.0.1, a temporary data directory, readiness by polling
 //! `/health` with a deadline, and a guard that kills the process when dropped), HTTP GET
-//! and `/metrics` samples, and small helpers of async and seeded tests. In [`etcd`]: a
-//! real etcd for the differential tests.
+//! and `/metrics` samples, and small helpers of async and seeded tests. In submodules:
+//! a real etcd ([`etcd`]) and etcd's CLI ([`etcdctl`]) for the differential tests.
 
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod etcdctl;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
