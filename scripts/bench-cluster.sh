@@ -24,10 +24,11 @@ trap cleanup EXIT
 source scripts/lib.sh
 
 declare -A CPORT PPORT IC
+ports=$(free_ports 12); read -ra P <<<"$ports"; k=0
 for srv in etcd retcd; do
   ic=""
   for i in 0 1 2; do
-    CPORT[$srv,$i]=$(free_port); PPORT[$srv,$i]=$(free_port)
+    CPORT[$srv,$i]=${P[k]}; PPORT[$srv,$i]=${P[k+1]}; k=$((k + 2))
     ic="$ic,$srv$i=http://127.0.0.1:${PPORT[$srv,$i]}"
   done
   IC[$srv]=${ic#,}

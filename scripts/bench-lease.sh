@@ -18,7 +18,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-ep=$(free_port); ep2=$(free_port); rp=$(free_port); rp2=$(free_port)
+ports=$(free_ports 4); read -r ep ep2 rp rp2 <<<"$ports"
 start_single etcd bench "$work/etcd" "$ep" "$ep2"
 start_single "$RETCD" bench "$work/retcd" "$rp" "$rp2"
 wait_ready "$ep"; wait_ready "$rp"

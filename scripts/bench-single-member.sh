@@ -19,7 +19,7 @@ trap cleanup EXIT
 
 source scripts/lib.sh
 
-ep=$(free_port); ep2=$(free_port); rp=$(free_port); rp2=$(free_port)
+ports=$(free_ports 4); read -r ep ep2 rp rp2 <<<"$ports"
 etcd --name bench --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$ep" \
   --advertise-client-urls "http://127.0.0.1:$ep" --listen-peer-urls "http://127.0.0.1:$ep2" \
   --initial-advertise-peer-urls "http://127.0.0.1:$ep2" --initial-cluster "bench=http://127.0.0.1:$ep2" \

@@ -2,10 +2,10 @@
 //! semantics.
 //!
 //! The core does no I/O. It has no clock, no threads, no sockets and no files; its only
-//! randomness (election timeout jitter) comes from a seed in [`Config`]. The host drives it
-//! with events and carries out what it returns. This is what lets retcd test the
-//! algorithm by deterministic simulation (see `tests/simulation.rs`): the same seed replays
-//! the same run, message for message.
+//! randomness (election timeout jitter) is drawn from `retcd_prng::SplitMix64` with a seed
+//! in [`Config`]. The host drives it with events and carries out what it returns. This is
+//! what lets retcd test the algorithm by deterministic simulation (see
+//! `tests/simulation.rs`): the same seed replays the same run, message for message.
 //!
 //! # Place in retcd
 //! `server`'s raft loop owns one [`RawNode`]. Client writes become [`RawNode::propose`];
@@ -62,7 +62,6 @@ pub mod error;
 pub mod log;
 pub mod quorum;
 pub mod raft;
-pub mod rand;
 pub mod raw_node;
 pub mod read_only;
 pub mod sim;

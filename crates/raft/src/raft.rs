@@ -3,13 +3,13 @@
 //! `read_states` and the log; `RawNode` packages them into `Ready`.
 
 use bytes::Bytes;
+use retcd_prng::SplitMix64;
 
 use crate::confchange::{self, Changer};
 use crate::config::{Config, InjectedFaults, ReadOnlyOption};
 use crate::error::{DropReason, Error, Result, StorageError};
 use crate::log::RaftLog;
 use crate::quorum::VoteResult;
-use crate::rand::SplitMix64;
 use crate::read_only::ReadOnly;
 use crate::storage::Storage;
 use crate::tracker::{ProgressMap, ProgressState, ProgressTracker, TrackerConfig};

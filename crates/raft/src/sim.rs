@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use retcd_prng::SplitMix64;
 
 use crate::config::{Config, InjectedFaults};
-use crate::rand::SplitMix64;
 use crate::raw_node::{RawNode, SnapshotStatus};
 use crate::storage::{MemStorage, Storage};
 use crate::types::*;

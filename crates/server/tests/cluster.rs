@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use common::blocking;
 use etcd_client::{Client, GetOptions, MemberAddOptions, Txn, TxnOp};
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 
@@ -17,10 +18,6 @@ fn spec(size: usize) -> ClusterSpec {
         .heartbeat_ms(50)
         .election_ms(500)
         .proxied_peers(true)
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 fn message(e: etcd_client::Error) -> String {

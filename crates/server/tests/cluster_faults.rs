@@ -22,12 +22,15 @@
 //! `RETCD_FAULT_SEED=<seed> RETCD_FAULT_RUNS=1`. Histories of failed runs are written
 //! next to the test binary.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
-use retcd_raft::rand::SplitMix64;
+use common::{blocking, env_u64};
+use retcd_prng::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 use retcd_testkit::history::Recorder;
 use retcd_testkit::history::{Input, Outcome, Output};
@@ -61,19 +64,6 @@ const FAULTS: [Fault; 6] = [
     Fault::DelayAndLoss,
     Fault::MemberAddRemove,
 ];
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|s| {
-        s.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={s:?} is not a number"))
-    })
-}
-
-/// Blocking testkit calls inside the async test.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_runs_stay_linearizable() {

@@ -16,16 +16,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::{blocking, env_u64};
 use etcd_client::{EventType, PutOptions, WatchOptions};
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 
 const ELECTION_MS: u64 = 500;
 const SLACK: Duration = Duration::from_secs(2);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 struct Granted {
     id: i64,
@@ -37,10 +34,7 @@ struct Granted {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_survive_a_leader_kill_without_early_or_late_expiry() {
-    let seed = std::env::var("RETCD_LEASE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7u64);
+    let seed = env_u64("RETCD_LEASE_SEED").unwrap_or(7);
     eprintln!("seed {seed} (RETCD_LEASE_SEED)");
     let mut rng = SplitMix64::new(seed);
     let spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))

@@ -46,7 +46,7 @@ use common::{DEADLINE, Refusal, Retcd};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message as _;
 use retcd_api::etcdserverpb::InternalRaftRequest;
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use tokio::sync::watch;
 
 // ---------------------------------------------------------------------------------------

@@ -1,55 +1,28 @@
-//! etcd's own CLI against retcd, when it is installed (`apt-get install etcd-client`):
-//! outputs must be what etcdctl prints against etcd (checked against etcd 3.4.23).
+//! etcd's own CLI against retcd (`apt-get install etcd-client`; skips without it, fails
+//! under `CI=true`): outputs must be what etcdctl prints against etcd (checked against
+//! etcd 3.4.23).
 
 mod common;
 
-use std::process::Command;
-
 use common::Retcd;
+use common::etcdctl::{Etcdctl, Run};
 
-fn etcdctl_available() -> bool {
-    Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
+/// etcdctl bound to one endpoint.
 struct Ctl {
+    etcdctl: Etcdctl,
     endpoint: String,
 }
 
 impl Ctl {
-    /// Runs etcdctl with `args` (and `stdin`), returns (success, stdout, stderr).
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use std::io::Write;
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint))
-            .args(["--dial-timeout=5s", "--command-timeout=10s"])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn etcdctl");
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    fn run(&self, args: &[&str], stdin: &str) -> Run {
+        self.etcdctl.run(&self.endpoint, args, stdin)
     }
 
+    /// stdout of a run that must succeed.
     fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args, None);
-        assert!(ok, "etcdctl {args:?} failed: {err}");
-        out
+        let run = self.run(args, "");
+        assert!(run.success(), "etcdctl {args:?} failed: {}", run.stderr);
+        run.stdout
     }
 }
 
@@ -57,13 +30,13 @@ impl Ctl {
 // etcd.
 #[test]
 fn etcdctl_commands() {
-    if !etcdctl_available() {
-        println!("skipping: etcdctl is not installed (apt-get install etcd-client)");
+    let Some(etcdctl) = Etcdctl::find() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let s = Retcd::start(&dir.path().join("data"), &[]);
     let ctl = Ctl {
+        etcdctl: etcdctl.clone(),
         endpoint: s.endpoint(),
     };
     assert_eq!(ctl.ok(&["put", "foo", "bar"]), "OK\n");
@@ -94,27 +67,28 @@ fn etcdctl_commands() {
     assert!(fields.contains("\"CreateRevision\" : 2"), "{fields}");
     assert!(fields.contains("\"Count\" : 1"), "{fields}");
 
-    let (ok, out, err) = ctl.run(
+    let run = ctl.run(
         &["txn"],
-        Some("value(\"foo\") = \"bar\"\n\nput k1 v1\nget foo\n\nput k2 v2\n\n"),
+        "value(\"foo\") = \"bar\"\n\nput k1 v1\nget foo\n\nput k2 v2\n\n",
     );
-    assert!(ok, "{err}");
-    assert_eq!(out, "SUCCESS\n\nOK\n\nfoo\nbar\n");
-    let (ok, out, err) = ctl.run(
+    assert!(run.success(), "{}", run.stderr);
+    assert_eq!(run.stdout, "SUCCESS\n\nOK\n\nfoo\nbar\n");
+    let run = ctl.run(
         &["txn"],
-        Some("value(\"foo\") = \"nope\"\n\nput k1 v1\n\nput k2 v2\n\n"),
+        "value(\"foo\") = \"nope\"\n\nput k1 v1\n\nput k2 v2\n\n",
     );
-    assert!(ok, "{err}");
-    assert_eq!(out, "FAILURE\n\nOK\n");
+    assert!(run.success(), "{}", run.stderr);
+    assert_eq!(run.stdout, "FAILURE\n\nOK\n");
     assert_eq!(ctl.ok(&["get", "k2", "--print-value-only"]), "v2\n");
 
     assert_eq!(ctl.ok(&["del", "foo", "--prefix"]), "2\n");
     assert_eq!(ctl.ok(&["compaction", "3"]), "compacted revision 3\n");
-    let (ok, _, err) = ctl.run(&["get", "foo", "--rev=2"], None);
-    assert!(!ok);
+    let run = ctl.run(&["get", "foo", "--rev=2"], "");
+    assert!(!run.success());
     assert!(
-        err.contains("etcdserver: mvcc: required revision has been compacted"),
-        "{err}"
+        run.stderr
+            .contains("etcdserver: mvcc: required revision has been compacted"),
+        "{run:?}"
     );
     assert_eq!(
         ctl.ok(&["compaction", "--physical", "4"]),
@@ -125,11 +99,15 @@ fn etcdctl_commands() {
     // `http://host:port` as the HTTP/2 :authority, which the h2 crate refuses as
     // malformed (grpc-go tolerates it). Known gap; these commands work on `host:port`.
     let ctl = Ctl {
+        etcdctl,
         endpoint: format!("127.0.0.1:{}", s.port),
     };
     // etcdctl 3.4 prints health to stderr.
-    let (ok, out, err) = ctl.run(&["endpoint", "health"], None);
-    assert!(ok && (out + &err).contains("is healthy"), "{err}");
+    let run = ctl.run(&["endpoint", "health"], "");
+    assert!(
+        run.success() && run.output().contains("is healthy"),
+        "{run:?}"
+    );
     let status = ctl.ok(&["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"version\":\"3.5.17\""), "{status}");
     assert!(
@@ -152,10 +130,9 @@ fn etcdctl_commands() {
 // the backend quota raised NOSPACE (checked against etcd 3.4.23).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_alarm_list_and_disarm() {
-    if !etcdctl_available() {
-        println!("skipping: etcdctl is not installed (apt-get install etcd-client)");
+    let Some(etcdctl) = Etcdctl::find() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let s = Retcd::start(
         &dir.path().join("data"),
@@ -164,14 +141,18 @@ async fn etcdctl_alarm_list_and_disarm() {
     let mut c = s.client().await;
     common::put_until_refused(&mut c, 200).await;
     let ctl = Ctl {
+        etcdctl,
         endpoint: format!("127.0.0.1:{}", s.port),
     };
     let line = "memberID:10276657743932975437 alarm:NOSPACE \n";
     assert_eq!(ctl.ok(&["alarm", "list"]), line);
-    let (ok, _, err) = ctl.run(&["put", "a", "b"], None);
+    let run = ctl.run(&["put", "a", "b"], "");
     assert!(
-        !ok && err.contains("etcdserver: mvcc: database space exceeded"),
-        "{err}"
+        !run.success()
+            && run
+                .stderr
+                .contains("etcdserver: mvcc: database space exceeded"),
+        "{run:?}"
     );
     assert_eq!(ctl.ok(&["alarm", "disarm"]), line);
     assert_eq!(ctl.ok(&["alarm", "list"]), "");

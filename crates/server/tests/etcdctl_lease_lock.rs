@@ -1,39 +1,21 @@
 //! Differential test of `etcdctl lease ...` and `etcdctl lock`: the same session against a
 //! real etcd 3.4.23 and retcd must print the same thing after normalizing lease ids (each
 //! server draws its own) and the remaining TTL (a second either way is timing). Needs
-//! `etcd` and `etcdctl` on PATH; skips with a printed reason otherwise.
+//! `etcd` and `etcdctl`; skips with a printed reason without them, fails under `CI=true`.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::etcd::{Etcd, runs};
-use common::{Retcd, free_port, http_get};
+use common::etcd::Etcd;
+use common::etcdctl::Etcdctl;
+use common::{Retcd, free_port, metric};
 
-/// Runs etcdctl (bounded by its own command timeout); exit code, stdout and the stderr
-/// lines that are not client-side logs.
-fn etcdctl(port: u16, args: &[&str]) -> (String, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=127.0.0.1:{port}"))
-        .args(["--dial-timeout=5s", "--command-timeout=10s"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run etcdctl");
-    let stderr: String = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.starts_with("{\"level\":"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let text = format!(
-        "$ etcdctl {}\nexit {}\n{stdout}{stderr}",
-        args.join(" "),
-        out.status.code().map_or(-1, |c| c)
-    );
-    (normalize(&text), stdout)
+/// Runs etcdctl; its normalized transcript entry and its stdout.
+fn etcdctl(ctl: &Etcdctl, port: u16, args: &[&str]) -> (String, String) {
+    let run = ctl.run(&format!("127.0.0.1:{port}"), args, "");
+    (normalize(&run.transcript()), run.stdout)
 }
 
 /// Lease ids (runs of 12 or more hex digits) become `<ID>`; `remaining(Ns)` loses N.
@@ -78,16 +60,16 @@ fn normalization() {
 }
 
 /// The session: lease commands with their errors, then a lock with a command.
-fn session(port: u16) -> String {
+fn session(ctl: &Etcdctl, port: u16) -> String {
     let mut t = String::new();
-    let (text, stdout) = etcdctl(port, &["lease", "grant", "100"]);
+    let (text, stdout) = etcdctl(ctl, port, &["lease", "grant", "100"]);
     t.push_str(&text);
     let id = stdout
         .split_whitespace()
         .nth(1)
         .expect("lease id")
         .to_string();
-    let mut run = |args: &[&str]| t.push_str(&etcdctl(port, args).0);
+    let mut run = |args: &[&str]| t.push_str(&etcdctl(ctl, port, args).0);
     run(&["put", &format!("--lease={id}"), "leased", "v"]);
     run(&["lease", "timetolive", &id]);
     run(&["lease", "timetolive", "--keys", &id]);
@@ -107,16 +89,16 @@ fn session(port: u16) -> String {
 /// `etcdctl elect` runs until killed: starts it, reads `lines` lines of its stdout
 /// (bounded), kills it.
 fn elect_lines(
+    ctl: &Etcdctl,
     port: u16,
     args: &[&str],
     lines: usize,
 ) -> (Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=127.0.0.1:{port}"))
-        .arg("elect")
-        .args(args)
+    let mut all = vec!["elect"];
+    all.extend_from_slice(args);
+    let mut child = ctl
+        .command(&format!("127.0.0.1:{port}"), &all)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -135,14 +117,9 @@ fn elect_lines(
     (child, rx)
 }
 
+/// The server's `etcd_debugging_mvcc_watcher_total` (0 while it does not answer).
 fn watchers(port: u16) -> u64 {
-    let body = http_get(port, "/metrics")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    body.lines()
-        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    metric(port, "etcd_debugging_mvcc_watcher_total").map_or(0, |v| v as u64)
 }
 
 fn read_lines(rx: &std::sync::mpsc::Receiver<String>, n: usize, out: &mut String) {
@@ -159,9 +136,9 @@ fn read_lines(rx: &std::sync::mpsc::Receiver<String>, n: usize, out: &mut String
 
 /// Observer, then two candidates: the first leads; when it is killed (its session
 /// lease revoked as etcdctl exits), the second leads; the observer sees both.
-fn elect_session(port: u16) -> String {
+fn elect_session(ctl: &Etcdctl, port: u16) -> String {
     let mut t = String::new();
-    let (mut observer, obs) = elect_lines(port, &["-l", "vote"], 4);
+    let (mut observer, obs) = elect_lines(ctl, port, &["-l", "vote"], 4);
     // The observer's watcher is registered (both servers export the gauge) before the
     // first candidate, so it sees every leader.
     let start = Instant::now();
@@ -172,10 +149,10 @@ fn elect_session(port: u16) -> String {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (mut first, c1) = elect_lines(port, &["vote", "one"], 2);
+    let (mut first, c1) = elect_lines(ctl, port, &["vote", "one"], 2);
     t.push_str("$ etcdctl elect vote one\n");
     read_lines(&c1, 2, &mut t);
-    let (mut second, c2) = elect_lines(port, &["vote", "two"], 2);
+    let (mut second, c2) = elect_lines(ctl, port, &["vote", "two"], 2);
     // SIGTERM: etcdctl resigns and closes its session.
     let _ = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
@@ -192,24 +169,34 @@ fn elect_session(port: u16) -> String {
     normalize(&t)
 }
 
-#[test]
-fn etcdctl_elect_matches_etcd() {
-    if !runs("etcdctl", &["version"]) || !runs("etcd", &["--version"]) {
-        eprintln!("skipped: etcd and etcdctl are not installed (Debian etcd-server, etcd-client)");
-        return;
-    }
+/// Runs `session` against a fresh etcd, then (etcd stopped, to leave the cores to one
+/// server at a time) against a fresh retcd: their transcripts, etcd's first. `None` when
+/// the test is to skip.
+fn transcripts(session: fn(&Etcdctl, u16) -> String) -> Option<(String, String)> {
+    let (Some(etcd_bin), Some(ctl)) = (retcd_testkit::etcd_bin::etcd(), Etcdctl::find()) else {
+        return None;
+    };
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(
+        &etcd_bin,
         dir.path(),
         "lease-test",
         &format!("http://127.0.0.1:{}", free_port()),
     );
-    let want = elect_session(etcd.port);
+    let want = session(&ctl, etcd.port);
     drop(etcd);
     let rdir = tempfile::tempdir().unwrap();
     let retcd = Retcd::start(rdir.path(), &[]);
-    let got = elect_session(retcd.port);
+    let got = session(&ctl, retcd.port);
     eprintln!("{got}");
+    Some((want, got))
+}
+
+#[test]
+fn etcdctl_elect_matches_etcd() {
+    let Some((want, got)) = transcripts(elect_session) else {
+        return;
+    };
     assert!(got.contains("two\n") && !got.contains("<no more output"));
     assert_eq!(
         got, want,
@@ -219,22 +206,9 @@ fn etcdctl_elect_matches_etcd() {
 
 #[test]
 fn etcdctl_lease_and_lock_match_etcd() {
-    if !runs("etcdctl", &["version"]) || !runs("etcd", &["--version"]) {
-        eprintln!("skipped: etcd and etcdctl are not installed (Debian etcd-server, etcd-client)");
+    let Some((want, got)) = transcripts(session) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(
-        dir.path(),
-        "lease-test",
-        &format!("http://127.0.0.1:{}", free_port()),
-    );
-    let want = session(etcd.port);
-    drop(etcd);
-    let rdir = tempfile::tempdir().unwrap();
-    let retcd = Retcd::start(rdir.path(), &[]);
-    let got = session(retcd.port);
-    eprintln!("{got}");
+    };
     assert!(got.contains("held\n") && got.contains("keepalived with TTL(100)"));
     assert_eq!(
         got, want,

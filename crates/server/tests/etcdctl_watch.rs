@@ -1,7 +1,7 @@
 //! Differential test of `etcdctl watch`: the same session against a real etcd and against
 //! retcd must print the same thing (after normalizing the Raft term, which depends on how
 //! each server bootstraps). Needs `etcd` and `etcdctl` on PATH (Debian's `etcd-server` and
-//! `etcd-client`, 3.4); skips with a printed reason otherwise.
+//! `etcd-client`, 3.4); skips with a printed reason without them, fails under `CI=true`.
 //!
 //! `etcdctl watch` runs until killed: each watch is a child process with piped stdout,
 //! read line by line until the expected number of lines arrived (or a deadline passed,
@@ -10,104 +10,31 @@
 //! server's `etcd_debugging_mvcc_watcher_total` (both servers export it) until the
 //! watcher is registered; after killing a watch it waits for the count to drop again.
 //!
-//! Both servers get the same name, peer URL and cluster token, so their member and
-//! cluster IDs agree and `-w json` output can be compared whole.
+//! The two servers are `common::etcd::twins`: their member and cluster ids agree, so `-w
+//! json` output can be compared whole.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::etcd::{Etcd, runs};
-use common::{Retcd, free_port, http_get};
+use common::etcd::twins;
+use common::etcdctl::{Etcdctl, drain, filter_stderr, normalize_raft_term};
+use common::metric;
 
-/// Bound on each wait: for output lines, a watcher count, an etcdctl command.
+/// Bound on each wait: for output lines, a watcher count.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// etcdctl against `port` with the test's global flags.
-fn etcdctl_cmd(port: u16, args: &[&str]) -> Command {
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=127.0.0.1:{port}"))
-        .args(["--dial-timeout=5s", "--command-timeout=10s"])
-        .args(args);
-    cmd
+/// Runs a command that exits by itself; its transcript entry.
+fn run(ctl: &Etcdctl, port: u16, args: &[&str]) -> String {
+    normalize_raft_term(&ctl.run(&endpoint(port), args, "").transcript())
 }
 
-/// etcdctl's own client-side log lines carry timestamps and random client ids; they say
-/// nothing about the server.
-fn filter_stderr(s: &str) -> String {
-    s.lines()
-        .filter(|l| !l.starts_with("{\"level\":"))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-/// Replaces the digits after every `"raft_term":` with `T`.
-fn normalize_raft_term(s: &str) -> String {
-    const P: &str = "\"raft_term\":";
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find(P).map(|i| i + P.len()) {
-        out.push_str(&rest[..i]);
-        rest = rest[i..].trim_start_matches(|c: char| c.is_ascii_digit());
-        out.push('T');
-    }
-    out.push_str(rest);
-    out
-}
-
-#[test]
-fn raft_term_normalization() {
-    assert_eq!(
-        normalize_raft_term(r#"{"header":{"raft_term":12},"x":1} "raft_term":3"#),
-        r#"{"header":{"raft_term":T},"x":1} "raft_term":T"#
-    );
-}
-
-/// Runs a command that exits by itself (bounded by [`WAIT`]); returns its exit code,
-/// stdout and filtered stderr.
-fn run(port: u16, args: &[&str]) -> String {
-    let mut child = etcdctl_cmd(port, args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn etcdctl");
-    let stdout = drain(child.stdout.take().expect("stdout"));
-    let stderr = drain(child.stderr.take().expect("stderr"));
-    let start = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status
-                .code()
-                .map_or("signal".to_string(), |c| c.to_string());
-        }
-        if start.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break "<killed: did not exit in time>".to_string();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = filter_stderr(&stderr.join().expect("stderr reader"));
-    normalize_raft_term(&format!(
-        "$ etcdctl {}\nexit {code}\n{stdout}{stderr}",
-        args.join(" ")
-    ))
-}
-
-/// Reads a pipe to its end on a thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    })
+fn endpoint(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 /// A running `etcdctl watch`, killed by [`Watch::finish`] (or on drop).
@@ -119,11 +46,12 @@ struct Watch {
 }
 
 impl Watch {
-    fn spawn(port: u16, args: &[&str], out: &mut String) -> Watch {
+    fn spawn(ctl: &Etcdctl, port: u16, args: &[&str], out: &mut String) -> Watch {
         out.push_str(&format!("$ etcdctl watch {}\n", args.join(" ")));
         let mut all = vec!["watch"];
         all.extend_from_slice(args);
-        let mut child = etcdctl_cmd(port, &all)
+        let mut child = ctl
+            .command(&endpoint(port), &all)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -198,14 +126,7 @@ impl Drop for Watch {
 
 /// The server's `etcd_debugging_mvcc_watcher_total`.
 fn watchers(port: u16) -> Option<u64> {
-    let (status, body) = http_get(port, "/metrics").ok()?;
-    if status != 200 {
-        return None;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    metric(port, "etcd_debugging_mvcc_watcher_total").map(|v| v as u64)
 }
 
 /// Waits until the server has `n` watchers; notes it in `out` if it never does.
@@ -225,17 +146,17 @@ fn wait_watchers(port: u16, n: u64, out: &mut String) {
 }
 
 /// The session; returns its transcript.
-fn session(port: u16) -> String {
+fn session(etcdctl: &Etcdctl, port: u16) -> String {
     let mut out = String::new();
     let w = &mut out;
-    let ctl = |args: &[&str], out: &mut String| out.push_str(&run(port, args));
+    let ctl = |args: &[&str], out: &mut String| out.push_str(&run(etcdctl, port, args));
 
     // History, then live events, on a prefix from revision 1.
     ctl(&["put", "k1", "v1"], w);
     ctl(&["put", "k2", "v2"], w);
     ctl(&["del", "k2"], w);
     ctl(&["put", "other", "o"], w);
-    let mut watch = Watch::spawn(port, &["--prefix", "k", "--rev", "1"], w);
+    let mut watch = Watch::spawn(etcdctl, port, &["--prefix", "k", "--rev", "1"], w);
     watch.read(9, w);
     ctl(&["put", "k1", "v3"], w);
     watch.read(3, w);
@@ -246,7 +167,12 @@ fn session(port: u16) -> String {
     wait_watchers(port, 0, w);
 
     // The same history with previous values.
-    let mut watch = Watch::spawn(port, &["--prefix", "k", "--prev-kv", "--rev", "1"], w);
+    let mut watch = Watch::spawn(
+        etcdctl,
+        port,
+        &["--prefix", "k", "--prev-kv", "--rev", "1"],
+        w,
+    );
     watch.read(19, w);
     ctl(&["del", "k1"], w);
     watch.read(5, w);
@@ -254,7 +180,7 @@ fn session(port: u16) -> String {
     wait_watchers(port, 0, w);
 
     // One key, live only.
-    let mut watch = Watch::spawn(port, &["k1"], w);
+    let mut watch = Watch::spawn(etcdctl, port, &["k1"], w);
     wait_watchers(port, 1, w);
     ctl(&["put", "k1", "a"], w);
     ctl(&["put", "k10", "b"], w);
@@ -265,7 +191,12 @@ fn session(port: u16) -> String {
     wait_watchers(port, 0, w);
 
     // JSON: whole responses (history in one), header revisions, ids.
-    let mut watch = Watch::spawn(port, &["--prefix", "k", "--rev", "1", "-w", "json"], w);
+    let mut watch = Watch::spawn(
+        etcdctl,
+        port,
+        &["--prefix", "k", "--rev", "1", "-w", "json"],
+        w,
+    );
     watch.read(1, w);
     ctl(&["put", "k2", "z"], w);
     watch.read(1, w);
@@ -273,7 +204,7 @@ fn session(port: u16) -> String {
     wait_watchers(port, 0, w);
 
     // Interactive: several watchers on one stream, progress requests.
-    let mut watch = Watch::spawn(port, &["-i"], w);
+    let mut watch = Watch::spawn(etcdctl, port, &["-i"], w);
     watch.send("watch k1", w);
     wait_watchers(port, 1, w);
     ctl(&["put", "k1", "i1"], w);
@@ -305,27 +236,14 @@ fn session(port: u16) -> String {
 /// progress requests, and a compacted start revision.
 #[test]
 fn etcdctl_watch_matches_etcd() {
-    if !runs("etcd", &["--version"]) || !runs("etcdctl", &["version"]) {
-        println!(
-            "skipping: etcd and etcdctl are not both installed (apt-get install etcd-server etcd-client)"
-        );
+    let (Some(etcd_bin), Some(ctl)) = (retcd_testkit::etcd_bin::etcd(), Etcdctl::find()) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let peer_url = format!("http://127.0.0.1:{}", free_port());
-    let etcd = Etcd::start(dir.path(), "diff", &peer_url);
-    let ids = [
-        "--name",
-        "diff",
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--initial-cluster",
-        &format!("diff={peer_url}"),
-    ];
-    let retcd = Retcd::start(&dir.path().join("retcd-data"), &ids);
+    let (etcd, retcd) = twins(&etcd_bin, dir.path());
 
-    let want = session(etcd.port);
-    let got = session(retcd.port);
+    let want = session(&ctl, etcd.port);
+    let got = session(&ctl, retcd.port);
     if want != got {
         let diff: Vec<String> = want
             .lines()

@@ -16,7 +16,7 @@ use retcd_api::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest, compare, request_op,
 };
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use tonic::Code;
 
 struct Rng(SplitMix64);

@@ -35,16 +35,10 @@ async fn version_health_probes() {
     c.put("k", "v", None).await.unwrap();
 }
 
+/// A sample `text` must have.
 fn metric_value(text: &str, name: &str) -> f64 {
-    let line = text
-        .lines()
-        .find(|l| !l.starts_with('#') && l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("no sample for {name} in:\n{text}"));
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    common::metric_sample(text, name)
+        .unwrap_or_else(|| panic!("no numeric sample for {name} in:\n{text}"))
 }
 
 // Goal: /metrics exposes etcd's metric names with numeric samples that move with load.

@@ -16,23 +16,22 @@
 //! Also, every fenced write (a Txn on "fenced" guarded by the holder's key's create
 //! revision) that succeeded did so while its holder's key was alive.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::{blocking, env_u64};
 use etcd_client::{Compare, CompareOp, LockOptions, Txn, TxnOp};
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 use retcd_testkit::watch_checker::{EventKind, Response};
 use retcd_testkit::watch_recorder::{self, Finish, WatchSpec};
 
 const CLIENTS: usize = 5;
 const NAME: &str = "lk";
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 #[derive(Clone, Debug)]
 struct Grant {
@@ -48,10 +47,7 @@ struct Grant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lock_holders_never_overlap_under_faults() {
-    let seed = std::env::var("RETCD_LOCK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(11u64);
+    let seed = env_u64("RETCD_LOCK_SEED").unwrap_or(11);
     eprintln!("seed {seed} (RETCD_LOCK_SEED)");
     let mut rng = SplitMix64::new(seed);
     let spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Retcd, http_get};
+use common::Retcd;
 use retcd_api::etcdserverpb::watch_client::WatchClient;
 use retcd_api::etcdserverpb::watch_request::RequestUnion;
 use retcd_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
@@ -107,12 +107,9 @@ fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// A sample the server must export, as a whole number.
 fn metric(port: u16, name: &str) -> u64 {
-    let (_, body) = http_get(port, "/metrics").unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
+    common::metric(port, name).unwrap_or_else(|| panic!("metric {name} missing")) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

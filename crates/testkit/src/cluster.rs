@@ -47,22 +47,6 @@ const LOG_TAIL_LINES: usize = 40;
 /// Tries of [`Cluster::start`] when another process took a port we picked meanwhile.
 const START_ATTEMPTS: usize = 3;
 
-/// The etcd binary for tests that compare with it: `$ETCD_BIN` if set, else
-/// `/usr/bin/etcd`, else `etcd` on the `PATH`; `None` if none exists.
-pub fn etcd_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("ETCD_BIN") {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let system = PathBuf::from("/usr/bin/etcd");
-    if system.is_file() {
-        return Some(system);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file())
-}
-
 /// What to start. Build it with [`ClusterSpec::new`] and the setters.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
@@ -881,7 +865,7 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = retcd_raft::rand::SplitMix64::new(seed);
+    let mut rng = retcd_prng::SplitMix64::new(seed);
     let mut ports = Vec::with_capacity(n);
     let mut held = Vec::with_capacity(n);
     for _ in 0..10_000 {

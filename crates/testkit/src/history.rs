@@ -1094,16 +1094,16 @@ mod tests {
         accept.abort();
     }
 
-    /// Records every kind of operation against a real etcd (skipped, with a message, when
-    /// no `etcd` binary is installed) and checks the answers and the history.
+    /// Records every kind of operation against a real etcd (see `etcd_bin` for when it
+    /// skips) and checks the answers and the history.
     #[tokio::test]
     async fn records_answers_from_a_real_etcd() {
-        let Some(etcd) = find_etcd() else {
-            eprintln!("skipped: no etcd binary in PATH");
+        let Some(etcd) = crate::etcd_bin::etcd() else {
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let (client_port, peer_port) = (closed_port(), closed_port());
+        let ports = crate::cluster::free_ports(2).expect("free ports");
+        let (client_port, peer_port) = (ports[0], ports[1]);
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut child = tokio::process::Command::new(etcd)
@@ -1180,12 +1180,5 @@ mod tests {
         );
         assert!(verdict.is_linearizable(), "{verdict}\n{history}");
         child.kill().await.expect("kill etcd");
-    }
-
-    fn find_etcd() -> Option<std::path::PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("etcd"))
-            .find(|candidate| candidate.is_file())
     }
 }

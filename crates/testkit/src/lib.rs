@@ -4,6 +4,8 @@
 //! check the recorded history for linearizability.
 //!
 //! - [`cluster`]: process launcher and member control (SIGKILL, SIGSTOP/SIGCONT, restart).
+//! - [`etcd_bin`]: finds etcd's own binaries for the differential tests; skips without
+//!   them, fails under `CI=true`.
 //! - [`proxy`]: TCP proxy with blackhole, delay and loss, per source member.
 //! - [`history`]: operations with call and return times, as a recording client logs them.
 //! - [`linearizability`]: a Wing-Gong style checker for key-value histories.
@@ -12,6 +14,7 @@
 //!   careful client, for the checker.
 
 pub mod cluster;
+pub mod etcd_bin;
 pub mod history;
 pub mod linearizability;
 pub mod proxy;

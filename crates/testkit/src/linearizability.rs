@@ -1974,7 +1974,7 @@ fn hints(history: &History, compiled: &Compiled) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::history::Operation;
-    use retcd_raft::rand::SplitMix64;
+    use retcd_prng::SplitMix64;
 
     fn check_text(text: &str) -> Verdict {
         let history = History::parse(text).expect("test history parses");

@@ -1153,7 +1153,7 @@ fn describe_kv(kv: Option<&Kv>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use retcd_raft::rand::SplitMix64;
+    use retcd_prng::SplitMix64;
     use std::collections::BTreeMap;
 
     use EventKind::{Delete, Put};

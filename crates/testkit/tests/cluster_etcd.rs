@@ -1,6 +1,7 @@
 //! The cluster launcher and the peer proxies against real etcd 3.4 processes: isolate the
 //! leader, kill and restart a follower, SIGSTOP and SIGCONT the leader, add a member.
-//! Each test skips with a printed reason when no etcd binary is installed.
+//! Each test needs an etcd binary (`retcd_testkit::etcd_bin`: skips with a printed reason
+//! without one, fails under `CI=true`).
 //!
 //! What is asserted is what must hold whatever the timing: a write succeeds through a
 //! majority, an isolated or stopped member does not answer a linearizable read, a member
@@ -12,22 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use etcd_client::{Client, GetOptions};
-use retcd_testkit::cluster::{Cluster, ClusterSpec, etcd_binary};
+use retcd_testkit::cluster::{Cluster, ClusterSpec};
+use retcd_testkit::etcd_bin::etcd;
 
 /// Bound on waiting for a cluster to do what it must do (elect, replicate, catch up).
 const CONVERGE: Duration = Duration::from_secs(30);
 /// Bound on one request the test expects to fail or hang.
 const REFUSED: Duration = Duration::from_secs(3);
-
-fn etcd() -> Option<PathBuf> {
-    let found = etcd_binary();
-    if found.is_none() {
-        eprintln!(
-            "skipping: no etcd binary (set ETCD_BIN, or install etcd-server for /usr/bin/etcd)"
-        );
-    }
-    found
-}
 
 fn spec(etcd: PathBuf) -> ClusterSpec {
     ClusterSpec::new(etcd)

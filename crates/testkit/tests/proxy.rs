@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_testkit::proxy::{Proxy, ProxyStats, Scope};
 
 /// Bound on every wait for something that should happen.

@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 
 use crate::vfs::{FileLock, Vfs, VfsFile};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_raft::{Entry, HardState};
 
 use crate::error::{Result, WalError, io_err};

@@ -1,20 +1,11 @@
-//! A real etcd (Debian's `etcd-server`, 3.4) for differential tests.
+//! A real etcd (Debian's `etcd-server`, 3.4) for differential tests. Its binary comes from
+//! `retcd_testkit::etcd_bin::etcd` (which skips or, under `CI=true`, fails without one).
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{DEADLINE, free_port, http_get};
-
-/// Whether `bin` runs: `etcd --version`, `etcdctl version` (etcdctl has no `--version`).
-pub fn runs(bin: &str, args: &[&str]) -> bool {
-    Command::new(bin)
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use super::{DEADLINE, Retcd, free_port, http_get};
 
 /// A real etcd, killed on drop.
 pub struct Etcd {
@@ -23,11 +14,13 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    pub fn start(dir: &std::path::Path, name: &str, peer_url: &str) -> Etcd {
+    /// Starts `binary` as a single-member cluster named `name` with its data under `dir`,
+    /// on a fresh client port; returns once `/health` answers 200.
+    pub fn start(binary: &Path, dir: &Path, name: &str, peer_url: &str) -> Etcd {
         let port = free_port();
         let client = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
+        let child = Command::new(binary)
             .args(["--name", name, "--data-dir"])
             .arg(dir.join("etcd-data"))
             .args([
@@ -47,7 +40,7 @@ impl Etcd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn etcd");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
         let etcd = Etcd { child, port };
         let start = Instant::now();
         while !matches!(http_get(port, "/health"), Ok((200, _))) {
@@ -66,4 +59,23 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An etcd and a retcd, each a single member, started with the same name (`diff`), peer
+/// URL and (default) cluster token, so their member and cluster ids (derived from those) agree and
+/// whole `-w json` outputs compare. retcd does not listen on the peer URL; it only derives
+/// its id from it. Both keep their data under `dir`.
+pub fn twins(etcd_binary: &Path, dir: &Path) -> (Etcd, Retcd) {
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let etcd = Etcd::start(etcd_binary, dir, "diff", &peer_url);
+    let ids = [
+        "--name",
+        "diff",
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster",
+        &format!("diff={peer_url}"),
+    ];
+    let retcd = Retcd::start(&dir.join("retcd-data"), &ids);
+    (etcd, retcd)
 }

@@ -1,10 +1,13 @@
-//! Runs the real `retcd` binary for tests: free ports on 127.0.0.1, a temporary data
-//! directory, readiness by polling `/health` with a deadline, and a guard that kills the
-//! process when dropped.
+//! The server tests' shared helpers, one copy each. Here: the real `retcd` binary for
+//! tests (free ports on 127.0.0.1, a temporary data directory, readiness by polling
+//! `/health` with a deadline, and a guard that kills the process when dropped), HTTP GET
+//! and `/metrics` samples, and small helpers of async and seeded tests. In submodules:
+//! a real etcd ([`etcd`]) and etcd's CLI ([`etcdctl`]) for the differential tests.
 
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod etcdctl;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -258,6 +261,43 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((status, body.to_string()))
+}
+
+/// The value of the sample `name` (one without labels) in the Prometheus text `text`.
+pub fn metric_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next()).flatten()
+        })
+        .and_then(|v| v.parse().ok())
+}
+
+/// The sample `name` from `/metrics` of the server (retcd or etcd) on `port`; `None` if it
+/// does not answer 200 or has no such sample.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    match http_get(port, "/metrics") {
+        Ok((200, body)) => metric_sample(&body, name),
+        _ => None,
+    }
+}
+
+/// Runs a blocking call (the testkit's cluster start, kill, restart: they wait on
+/// processes) inside an async test without stalling the runtime's other tasks. Needs the
+/// multi-thread runtime (`#[tokio::test(flavor = "multi_thread")]`).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The environment variable `name` as a number (a seed, a run count), `None` when unset.
+/// Panics on anything else: a mistyped seed must not quietly run the default.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|s| {
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={s:?} is not a number"))
+    })
 }
 
 /// The gRPC status inside an etcd-client error.

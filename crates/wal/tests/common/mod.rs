@@ -12,13 +12,13 @@ use retcd_wal::{Recovered, SnapshotMarker, Vfs, WalOptions};
 
 pub const META: &[u8] = b"node=1 cluster=7";
 
-/// The core's splitmix64, with the conveniences these tests use.
+/// retcd-prng's splitmix64, with the conveniences these tests use.
 #[derive(Clone, Debug)]
-pub struct Rng(retcd_raft::rand::SplitMix64);
+pub struct Rng(retcd_prng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(retcd_raft::rand::SplitMix64::new(seed))
+        Rng(retcd_prng::SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
