@@ -254,7 +254,7 @@ async fn fetch_membership(
                         membership.members.insert(p.id, p);
                     }
                     membership.removed = resp.removed.into_iter().map(ids::MemberId).collect();
-                    let Some(local) = membership
+                    let local = membership
                         .members
                         .values()
                         .find(|p| {
@@ -262,14 +262,21 @@ async fn fetch_membership(
                             urls.sort();
                             urls == mine
                         })
-                        .map(|p| p.id)
-                    else {
-                        anyhow::bail!(
-                            "no member of the cluster has peer URLs {}: add this member with `member add` first",
-                            mine.join(",")
-                        );
-                    };
-                    return Ok((ids::ClusterId(resp.cluster_id), membership, local));
+                        .map(|p| p.id);
+                    match local {
+                        Some(local) => {
+                            return Ok((ids::ClusterId(resp.cluster_id), membership, local));
+                        }
+                        // `member add` answers once the leader applied the change; the
+                        // peer asked may not have applied it yet. Ask again until the
+                        // deadline rather than give up at once.
+                        None => {
+                            last = format!(
+                                "no member of the cluster has peer URLs {}: add this member with `member add` first",
+                                mine.join(",")
+                            )
+                        }
+                    }
                 }
                 Err(e) => last = format!("{}: {}", m.peer_urls.join(","), e.message()),
             }

@@ -23,7 +23,7 @@ use retcd_api::membershippb::{Attributes, ClusterMemberAttrSetRequest};
 use retcd_backend::MemBackend;
 use retcd_lease::Time;
 use retcd_mvcc::KvStore;
-use retcd_raft::rand::SplitMix64;
+use retcd_prng::SplitMix64;
 use retcd_raft::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 
 use super::*;
