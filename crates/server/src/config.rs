@@ -90,7 +90,7 @@ pub struct Config {
     )]
     pub advertise_client_urls: Vec<String>,
 
-    /// URLs to listen on for peer traffic. Accepted; a single member opens no peer port.
+    /// URLs to listen on for peer traffic (the member-to-member protocol).
     #[arg(
         long = "listen-peer-urls",
         env = "ETCD_LISTEN_PEER_URLS",
@@ -113,7 +113,8 @@ pub struct Config {
     #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
-    /// `new` to bootstrap a cluster. (`existing` is not supported yet.)
+    /// `new` to bootstrap a new cluster; `existing` to join a running one that already
+    /// added this member (`member add`).
     #[arg(
         long = "initial-cluster-state",
         env = "ETCD_INITIAL_CLUSTER_STATE",

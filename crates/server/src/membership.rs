@@ -134,6 +134,51 @@ impl Membership {
         Ok(m)
     }
 
+    /// The membership as `peerpb.MembersResponse` bytes (cluster and member ids left 0):
+    /// what a Raft snapshot carries as its data, so that a restart can replay the
+    /// configuration changes after it exactly as they were decided (see `apply`).
+    pub fn encode(&self) -> Vec<u8> {
+        retcd_api::peerpb::MembersResponse {
+            cluster_id: 0,
+            member_id: 0,
+            members: self.members.values().map(Member::to_proto).collect(),
+            removed: self.removed.iter().map(|id| id.0).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// The membership [`Membership::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Membership, prost::DecodeError> {
+        let resp = retcd_api::peerpb::MembersResponse::decode(bytes)?;
+        Ok(Membership {
+            members: resp
+                .members
+                .into_iter()
+                .map(Member::from_proto)
+                .map(|m| (m.id, m))
+                .collect(),
+            removed: resp.removed.into_iter().map(MemberId).collect(),
+        })
+    }
+
+    /// What Raft's configuration follows: the membership without names and client URLs
+    /// (which members publish in ordinary entries).
+    pub fn configuration(&self) -> Membership {
+        Membership {
+            members: self
+                .members
+                .values()
+                .map(|m| {
+                    let mut m = m.clone();
+                    m.name.clear();
+                    m.client_urls.clear();
+                    (m.id, m)
+                })
+                .collect(),
+            removed: self.removed.clone(),
+        }
+    }
+
     pub fn get(&self, id: MemberId) -> Option<&Member> {
         self.members.get(&id)
     }

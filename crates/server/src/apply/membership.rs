@@ -57,7 +57,18 @@ pub struct ConfOutcome {
     pub removed_self: bool,
 }
 
-/// Applies a configuration change: checked against `m`, then handed to Raft, then
+/// The membership after `cc`, or why the membership refuses it: the Cluster service's
+/// rules, on a copy (a change of several members that fails part way leaves nothing
+/// behind).
+pub fn decide(cc: &DecodedConfChange, m: &Membership) -> Result<Membership, Refusal> {
+    let mut next = m.clone();
+    for change in &cc.change.changes {
+        step(&mut next, change.change_type, MemberId(change.node_id), cc)?;
+    }
+    Ok(next)
+}
+
+/// Applies a configuration change: decided against `m`, then handed to Raft, then
 /// recorded in `m` and `tx`.
 pub fn apply_conf_change<T: WriteTx + ?Sized>(
     cc: &DecodedConfChange,
@@ -71,15 +82,13 @@ pub fn apply_conf_change<T: WriteTx + ?Sized>(
         accepted: false,
         removed_self: false,
     };
-    // The membership after the change, worked out on a copy: a change that fails part
-    // way (a joint change of several members) leaves nothing behind.
-    let mut next = m.clone();
-    for change in &cc.change.changes {
-        if let Err(r) = step(&mut next, change.change_type, MemberId(change.node_id), cc) {
-            tracing::info!(member = %MemberId(change.node_id), error = %r.to_error(), "configuration change refused");
+    let next = match decide(cc, m) {
+        Ok(next) => next,
+        Err(r) => {
+            tracing::info!(error = %r.to_error(), "configuration change refused");
             return Ok(refused(r.to_error()));
         }
-    }
+    };
     if let Err(e) = raft.apply_conf_change(&cc.change) {
         tracing::warn!(error = %e, "raft refused a configuration change the membership accepts");
         return Ok(refused(EtcdError::Corrupt));

@@ -22,9 +22,12 @@
 //!   (`now`, for lease deadlines, which are local) and the proposer's wall clock in the
 //!   entry. `#![deny(clippy::disallowed_methods)]` below makes clippy refuse a clock read
 //!   anywhere in this module (the methods are listed in the crate's `clippy.toml`).
-//! - **Idempotent.** Entries at or below the backend's consistent index are skipped
-//!   (configuration changes still reach Raft, whose configuration lives in memory); the
+//! - **Idempotent.** Entries at or below the backend's consistent index are skipped; the
 //!   consistent index commits in the same transaction as the entries' effects.
+//!   Configuration changes among them still reach Raft, whose configuration lives in
+//!   memory, but only those the membership accepted when they were first applied: the
+//!   membership as of the Raft snapshot (the snapshot's data) is replayed alongside, so
+//!   a change refused then is refused again now.
 //! - **Client errors are answers.** A request that cannot take effect (a put with
 //!   `ignore_value` on a missing key, an unknown lease, a compacted revision, a refused
 //!   membership change) changes nothing and yields an [`EtcdError`] for its proposer;
@@ -177,16 +180,24 @@ pub struct Applier<B: Backend> {
     metrics: Arc<Metrics>,
     /// This member: a configuration change that removes it is reported.
     local: MemberId,
+    /// While Raft re-delivers entries the store already holds (after a restart): the
+    /// membership as of those entries, replayed to decide their configuration changes
+    /// as they were decided the first time. `None` once the replay reached the store's
+    /// consistent index, or when the Raft snapshot does not carry a membership (an older
+    /// data directory: every replayed change then goes to Raft, as it used to).
+    replay: Option<Membership>,
 }
 
 impl<B: Backend> Applier<B> {
     /// Loads the lessor (deadlines a full TTL from `now`), the alarms and the membership
-    /// from the store.
+    /// from the store. `replay_from` is the membership as of the entry Raft re-delivers
+    /// first (the Raft snapshot's, or the empty one of a log that starts at index 1).
     pub fn open(
         kv: Arc<KvStore<B>>,
         local: MemberId,
         metrics: Arc<Metrics>,
         now: Time,
+        replay_from: Option<Membership>,
     ) -> Result<Self, ApplyError> {
         let (lessor, membership, alarms) = load(&kv, now)?;
         Ok(Applier {
@@ -197,6 +208,7 @@ impl<B: Backend> Applier<B> {
             gates: vec![Box::new(CappedGate)],
             metrics,
             local,
+            replay: replay_from,
         })
     }
 
@@ -206,6 +218,8 @@ impl<B: Backend> Applier<B> {
         *lock(&self.lessor) = lessor;
         self.membership.set(membership);
         self.alarms.set(alarms);
+        // Raft's configuration is the snapshot's now; nothing before it is replayed.
+        self.replay = None;
         Ok(())
     }
 
@@ -229,32 +243,32 @@ impl<B: Backend> Applier<B> {
     /// then commits with [`ApplyBatch::commit`]. `None` when the store already holds every
     /// one of them (a replay); their configuration changes reached `raft` all the same.
     pub fn apply(
-        &self,
+        &mut self,
         entries: &[retcd_raft::Entry],
         ctx: BatchContext,
         raft: &mut dyn RaftConfig,
     ) -> Result<Option<ApplyBatch<'_, B>>, ApplyError> {
         let consistent = self.kv.consistent_index().index;
-        // Replayed configuration changes the backend already holds still go to the Raft
-        // core, whose configuration lives in memory only.
         for e in entries.iter().filter(|e| e.index <= consistent) {
-            if let Some(cc) = DecodedConfChange::of(e)
-                && let Err(err) = raft.apply_conf_change(&cc.change)
-            {
-                tracing::warn!(index = e.index, error = %err, "raft refused a replayed configuration change");
+            if let Some(cc) = DecodedConfChange::of(e) {
+                self.replay_conf_change(e.index, &cc, raft);
             }
         }
+        if entries.last().is_some_and(|e| e.index >= consistent) {
+            self.end_replay();
+        }
+        let this: &Self = self;
         let mut todo = entries.iter().filter(|e| e.index > consistent).peekable();
         if todo.peek().is_none() {
             return Ok(None);
         }
         let mut batch = ApplyBatch {
-            batch: self.kv.begin_batch()?,
-            lessor: lock(&self.lessor),
-            membership: self.membership.get(),
-            alarms: self.alarms.get(),
+            batch: this.kv.begin_batch()?,
+            lessor: lock(&this.lessor),
+            membership: this.membership.get(),
+            alarms: this.alarms.get(),
             alarms_changed: false,
-            applier: self,
+            applier: this,
             ctx,
             last: None,
             entries: 0,
@@ -271,6 +285,50 @@ impl<B: Backend> Applier<B> {
             batch.effects.no_space = Some(batch.alarms.no_space());
         }
         Ok(Some(batch))
+    }
+
+    /// A configuration change the store already holds, re-delivered by Raft after a
+    /// restart: it reaches Raft only if the membership accepted it the first time.
+    fn replay_conf_change(
+        &mut self,
+        index: u64,
+        cc: &DecodedConfChange,
+        raft: &mut dyn RaftConfig,
+    ) {
+        let Some(replayed) = self.replay.as_mut() else {
+            if let Err(err) = raft.apply_conf_change(&cc.change) {
+                tracing::warn!(index, error = %err, "raft refused a replayed configuration change");
+            }
+            return;
+        };
+        match membership::decide(cc, replayed) {
+            Ok(next) => match raft.apply_conf_change(&cc.change) {
+                Ok(()) => *replayed = next,
+                Err(err) => {
+                    tracing::warn!(index, error = %err, "raft refused a replayed configuration change")
+                }
+            },
+            Err(r) => {
+                tracing::debug!(index, error = %r.to_error(), "a replayed configuration change was refused when first applied")
+            }
+        }
+    }
+
+    /// The replay reached the store's consistent index: the replayed membership must be
+    /// the stored one (as far as Raft's configuration goes), or Raft's configuration and
+    /// the membership disagree.
+    fn end_replay(&mut self) {
+        let Some(replayed) = self.replay.take() else {
+            return;
+        };
+        let stored = self.membership.get();
+        if replayed.configuration() != stored.configuration() {
+            tracing::error!(
+                replayed = ?replayed.configuration(),
+                stored = ?stored.configuration(),
+                "the configuration replayed from the log differs from the stored membership"
+            );
+        }
     }
 }
 

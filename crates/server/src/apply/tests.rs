@@ -28,7 +28,7 @@ use retcd_raft::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 
 use super::*;
 use crate::ids::MemberId;
-use crate::membership::Member;
+use crate::membership::{Member, Membership};
 
 const DEFAULT_CASES: u64 = 5_000;
 const DEFAULT_SEED: u64 = 20_261_207;
@@ -353,6 +353,7 @@ impl Replica {
             MemberId(1),
             Arc::new(Metrics::default()),
             Time::ZERO,
+            Some(Membership::default()),
         )
         .unwrap();
         Replica { kv, applier }
@@ -360,7 +361,7 @@ impl Replica {
 
     /// Applies `log` cut into batches of the given sizes, each at its own time; returns
     /// every answer in log order.
-    fn apply(&self, log: &[Entry], cuts: &[usize], times: &[u64]) -> Vec<(u64, ApplyResult)> {
+    fn apply(&mut self, log: &[Entry], cuts: &[usize], times: &[u64]) -> Vec<(u64, ApplyResult)> {
         let mut answers = Vec::new();
         let mut at = 0;
         for (i, &n) in cuts.iter().enumerate() {
@@ -432,7 +433,7 @@ fn run_case(seed: u64) {
     let (cuts_a, cuts_b) = (cuts(&mut r, n), cuts(&mut r, n));
     let times_a: Vec<u64> = (0..4).map(|_| r.below(1 << 40)).collect();
     let times_b: Vec<u64> = (0..4).map(|_| r.below(1 << 20)).collect();
-    let (a, b) = (Replica::new(), Replica::new());
+    let (mut a, mut b) = (Replica::new(), Replica::new());
     let answers_a = a.apply(&log, &cuts_a, &times_a);
     let answers_b = b.apply(&log, &cuts_b, &times_b);
     assert_eq!(answers_a, answers_b, "the replicas answered differently");
@@ -541,4 +542,91 @@ fn the_generator_covers_every_kind_and_outcome() {
         answered < entries,
         "some entries are empty or undecodable and get no answer"
     );
+}
+
+/// Raft's side, recording every change handed to it.
+#[derive(Default)]
+struct Recorder(Vec<ConfChangeV2>);
+
+impl RaftConfig for Recorder {
+    fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> Result<(), String> {
+        self.0.push(cc.clone());
+        Ok(())
+    }
+}
+
+fn member_change(index: u64, change_type: ConfChangeType, id: u64, url: &str) -> Entry {
+    let member = Member {
+        id: MemberId(id),
+        name: String::new(),
+        peer_urls: vec![url.to_string()],
+        client_urls: Vec::new(),
+        is_learner: false,
+    };
+    let cc = ConfChange {
+        id: index,
+        change_type,
+        node_id: id,
+        context: Bytes::from(member.encode()),
+    };
+    Entry {
+        term: 1,
+        index,
+        entry_type: EntryType::ConfChange,
+        data: cc.encode(),
+    }
+}
+
+// Goal: after a restart, Raft gets back exactly the configuration changes the membership
+// accepted when they were first applied, in order: a change refused then (a learner add
+// of a voter would demote it in Raft) is refused again on replay.
+#[test]
+fn replayed_conf_changes_reach_raft_as_first_decided() {
+    use ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+    let log = vec![
+        member_change(1, AddNode, 1, "http://p1"),
+        member_change(2, AddNode, 2, "http://p2"),
+        member_change(3, AddLearnerNode, 2, "http://p2"),
+        member_change(4, AddNode, 3, "http://p1"),
+        member_change(5, RemoveNode, 1, "http://p1"),
+    ];
+    let mut first = Replica::new();
+    let mut raft = Recorder::default();
+    let batch = first
+        .applier
+        .apply(&log, BatchContext { now: Time::ZERO }, &mut raft)
+        .unwrap()
+        .unwrap();
+    let answers = batch.commit(true).unwrap().results;
+    assert_eq!(answers[2].1, Err(EtcdError::MemberExist));
+    assert_eq!(answers[3].1, Err(EtcdError::PeerUrlExist));
+    let accepted: Vec<u64> = [0, 1, 4].map(|i| log[i].index).to_vec();
+    assert_eq!(raft.0.len(), accepted.len());
+
+    // The restart: the store holds all five entries; Raft re-delivers them from index 1.
+    let replay = |from: Option<Membership>| {
+        let mut applier = Applier::open(
+            first.kv.clone(),
+            MemberId(1),
+            Arc::new(Metrics::default()),
+            Time::ZERO,
+            from,
+        )
+        .unwrap();
+        let mut raft = Recorder::default();
+        let nothing_new = applier
+            .apply(&log, BatchContext { now: Time::ZERO }, &mut raft)
+            .unwrap();
+        assert!(nothing_new.is_none());
+        raft.0
+    };
+    let again = replay(Some(Membership::default()));
+    let expected: Vec<ConfChangeV2> = accepted
+        .iter()
+        .map(|&i| DecodedConfChange::of(&log[i as usize - 1]).unwrap().change)
+        .collect();
+    assert_eq!(again, expected, "only the accepted changes, in order");
+    // Without the membership the snapshot records (an older data directory), every
+    // change goes to Raft, as before.
+    assert_eq!(replay(None).len(), log.len());
 }

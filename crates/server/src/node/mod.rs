@@ -239,13 +239,24 @@ pub fn open(
         member_id,
         cluster_id,
         snapshot_index,
+        snapshot_data,
         conf_state,
     } = recover::recover_or_bootstrap(cfg, &layout, &snapshotter, &kv)?;
+    // The membership Raft's replay starts from: none before the first entry, else what
+    // the snapshot recorded (nothing, for a snapshot written before it did).
+    let replay_from = if snapshot_index == 0 {
+        Some(Membership::default())
+    } else {
+        Some(snapshot_data)
+            .filter(|d| !d.is_empty())
+            .and_then(|d| Membership::decode(&d).ok())
+    };
     let applier = Applier::open(
         kv.clone(),
         member_id,
         metrics.clone(),
         clock::lease_time(now),
+        replay_from,
     )?;
 
     let mut raft_cfg = retcd_raft::Config::new(member_id.0);

@@ -92,6 +92,9 @@ pub(super) struct Recovered {
     pub member_id: MemberId,
     pub cluster_id: ClusterId,
     pub snapshot_index: u64,
+    /// The Raft snapshot's data: the membership as of it (empty for no snapshot, and for
+    /// snapshots written before the membership was recorded in them).
+    pub snapshot_data: Bytes,
     /// The Raft configuration as of the snapshot (or the bootstrap).
     pub conf_state: ConfState,
 }
@@ -125,6 +128,7 @@ pub(super) fn recover_or_bootstrap(
             );
         }
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.metadata.index);
+        let snapshot_data = snapshot.as_ref().map_or(Bytes::new(), |s| s.data.clone());
         // Without a snapshot the configuration is rebuilt from the log's entries.
         let conf_state = snapshot
             .as_ref()
@@ -185,6 +189,7 @@ pub(super) fn recover_or_bootstrap(
             member_id,
             cluster_id,
             snapshot_index,
+            snapshot_data,
             conf_state,
         });
     }
@@ -246,6 +251,7 @@ pub(super) fn recover_or_bootstrap(
         member_id: cfg.member_id,
         cluster_id: cfg.cluster_id,
         snapshot_index: 0,
+        snapshot_data: Bytes::new(),
         conf_state: ConfState::default(),
     })
 }

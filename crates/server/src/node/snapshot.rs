@@ -1,6 +1,6 @@
 //! Raft snapshots: taken every `--snapshot-count` entries to compact the log (metadata
-//! only: the backend is the state), sent to a member too far behind for the log (a
-//! backend image written on the loop), and installed when received.
+//! and the membership: the backend is the state), sent to a member too far behind for
+//! the log (a backend image written on the loop), and installed when received.
 
 use std::time::Instant;
 
@@ -29,9 +29,12 @@ impl RaftLoop {
         // Invariant: a snapshot never claims more than the durable backend holds.
         self.durable_commit()?;
         let index = self.applied_index;
+        // The data is the membership as of the snapshot: a restart replays the
+        // configuration changes after it against it (see `apply`).
+        let data = Bytes::from(self.applier.membership().get().encode());
         let snap: Snapshot =
             self.storage
-                .create_snapshot(index, Some(self.conf_state.clone()), Bytes::new())?;
+                .create_snapshot(index, Some(self.conf_state.clone()), data)?;
         self.snapshotter.save(&snap)?;
         self.wal.save_snapshot_marker(&SnapshotMarker {
             index,
@@ -96,6 +99,7 @@ impl RaftLoop {
             snap.metadata.index = index;
             snap.metadata.term = term;
             snap.metadata.conf_state = self.conf_state.clone();
+            snap.data = Bytes::from(self.applier.membership().get().encode());
         }
         tracing::info!(
             to = %MemberId(m.to),
