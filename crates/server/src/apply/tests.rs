@@ -630,3 +630,99 @@ fn replayed_conf_changes_reach_raft_as_first_decided() {
     // change goes to Raft, as before.
     assert_eq!(replay(None).len(), log.len());
 }
+
+fn entry(index: u64, req: InternalRaftRequest) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        entry_type: EntryType::Normal,
+        data: Bytes::from(req.encode_to_vec()),
+    }
+}
+
+// Goal: a lease's revocation deletes every key attached to it at one new revision (one
+// event each, all at that revision), whether revoked by a client or expired by the
+// leader; an expiry the lease was renewed after is void and deletes nothing.
+#[test]
+fn revocation_deletes_the_leases_keys_at_one_revision() {
+    let mut replica = Replica::new();
+    let grant = |id| InternalRaftRequest {
+        lease_grant: Some(LeaseGrantRequest { ttl: 10, id }),
+        ..Default::default()
+    };
+    let put = |k: &str, lease| InternalRaftRequest {
+        put: Some(PutRequest {
+            key: Bytes::from(k.to_string()),
+            lease,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let expire = |id, renewed_index| InternalRaftRequest {
+        lease_expire: Some(LeaseExpireRequest {
+            leases: vec![LeaseExpiry { id, renewed_index }],
+        }),
+        ..Default::default()
+    };
+    let log = vec![
+        entry(1, grant(7)),
+        entry(2, grant(8)),
+        entry(3, put("a", 7)),
+        entry(4, put("b", 7)),
+        entry(5, put("c", 8)),
+        entry(6, put("b", 8)), // moves "b" to lease 8
+        entry(
+            7,
+            InternalRaftRequest {
+                lease_revoke: Some(LeaseRevokeRequest { id: 7 }),
+                ..Default::default()
+            },
+        ),
+        // Lease 8 was granted at index 2 and renewed at 8: the expiry seen at 2 is void.
+        entry(
+            8,
+            InternalRaftRequest {
+                lease_renew: Some(LeaseRenewRequest { ids: vec![8] }),
+                ..Default::default()
+            },
+        ),
+        entry(9, expire(8, 2)),
+        entry(10, expire(8, 8)),
+    ];
+    let mut events = Vec::new();
+    for e in &log {
+        let batch = replica
+            .applier
+            .apply(
+                std::slice::from_ref(e),
+                BatchContext { now: Time::ZERO },
+                &mut AcceptAll,
+            )
+            .unwrap()
+            .unwrap();
+        let applied = batch.commit(false).unwrap();
+        events.push((e.index, applied.revision, applied.events));
+    }
+    let deletes = |index: u64| -> Vec<(String, i64)> {
+        events
+            .iter()
+            .find(|(i, _, _)| *i == index)
+            .unwrap()
+            .2
+            .iter()
+            .map(|ev| {
+                (
+                    String::from_utf8(ev.kv.key.clone()).unwrap(),
+                    ev.kv.mod_revision,
+                )
+            })
+            .collect()
+    };
+    // Revision 1 at start; puts at 2..=5; the revocation at 6 deletes only "a".
+    assert_eq!(deletes(7), [("a".to_string(), 6)]);
+    assert!(deletes(9).is_empty(), "the void expiry deleted something");
+    // The real expiry deletes "b" and "c" together, at revision 7.
+    assert_eq!(deletes(10), [("b".to_string(), 7), ("c".to_string(), 7)]);
+    assert!(replica.applier.lessor().lock().unwrap().is_empty());
+    assert_eq!(replica.kv.current_revision(), 7);
+}
