@@ -217,21 +217,33 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        Ok(Response::new(self.campaign_inner(req).await?))
+        Ok(Response::new(
+            self.campaign_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     async fn proclaim(
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        Ok(Response::new(self.proclaim_inner(req).await?))
+        Ok(Response::new(
+            self.proclaim_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     async fn leader(
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        Ok(Response::new(self.leader_inner(req).await?))
+        Ok(Response::new(
+            self.leader_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     /// Sends the leader's key-value now (if there is a leader) and at every change of
@@ -320,6 +332,10 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        Ok(Response::new(self.resign_inner(req).await?))
+        Ok(Response::new(
+            self.resign_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 }

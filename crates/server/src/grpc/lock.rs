@@ -315,13 +315,21 @@ impl Drop for DeleteOnDrop {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        Ok(Response::new(self.lock_inner(req).await?))
+        Ok(Response::new(
+            self.lock_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     async fn unlock(
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        Ok(Response::new(self.unlock_inner(req).await?))
+        Ok(Response::new(
+            self.unlock_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 }
