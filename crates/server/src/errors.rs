@@ -44,6 +44,16 @@ impl From<RequestError> for Status {
     }
 }
 
+impl RequestError {
+    /// The error as etcd's Lock and Election services send it. etcd serves them through
+    /// its own client (`v3client`), which turns every error of the calls inside into a
+    /// plain Go error, so gRPC sends it with code `Unknown` and the same message
+    /// ("etcdserver: requested lease not found" from a Lock with an unknown lease, say).
+    pub fn through_client(self) -> Status {
+        Status::unknown(Status::from(self).message())
+    }
+}
+
 /// The client-facing meaning of an MVCC error, if it has one. `Compacted` and
 /// `FutureRevision` are deterministic answers to a request; everything else is a storage
 /// failure.
@@ -94,5 +104,17 @@ mod tests {
         let s = Status::from(RequestError::from(EtcdError::Stopped));
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(s.message(), "etcdserver: server stopped");
+    }
+
+    // Goal: Lock and Election errors keep etcd's message under code Unknown, as etcd's
+    // in-process client leaves them.
+    #[test]
+    fn errors_through_the_client_are_unknown() {
+        let s = RequestError::from(EtcdError::LeaseNotFound).through_client();
+        assert_eq!(s.code(), tonic::Code::Unknown);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s = RequestError::from(EtcdError::ElectionNoLeader).through_client();
+        assert_eq!(s.code(), tonic::Code::Unknown);
+        assert_eq!(s.message(), "election: no leader");
     }
 }

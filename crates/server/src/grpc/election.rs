@@ -126,7 +126,7 @@ impl ElectionService {
         };
         let prefix = prefix_of(&r.name);
         let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
-        let (header, my_rev, created) =
+        let (header, my_rev, existing) =
             create_or_get(&self.node, &key, r.value.clone(), lease).await?;
         let mut guard = DeleteOnDrop {
             node: self.node.clone(),
@@ -138,8 +138,10 @@ impl ElectionService {
             rev: my_rev,
             lease,
         };
-        // A campaign that found its key (same lease again) takes the new value.
-        if !created {
+        // A campaign that found its key (same lease again) takes the new value; one
+        // that brings the same value writes nothing (etcd's Campaign proclaims only a
+        // different value).
+        if existing.is_some_and(|v| v != r.value) {
             self.proclaim_value(&leader, r.value.clone()).await?;
         }
         wait_for_older(&self.node, &prefix, my_rev).await?;
@@ -215,21 +217,33 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        Ok(Response::new(self.campaign_inner(req).await?))
+        Ok(Response::new(
+            self.campaign_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     async fn proclaim(
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        Ok(Response::new(self.proclaim_inner(req).await?))
+        Ok(Response::new(
+            self.proclaim_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     async fn leader(
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        Ok(Response::new(self.leader_inner(req).await?))
+        Ok(Response::new(
+            self.leader_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     /// Sends the leader's key-value now (if there is a leader) and at every change of
@@ -257,15 +271,25 @@ impl Election for ElectionService {
                 ..WatchOptions::default()
             });
             let mut last: Option<(Bytes, i64)> = None;
+            // Whether a read found no leader since the last message.
+            let mut leaderless = false;
             loop {
                 // The watcher exists before this read, so no change after it is missed.
                 match leader_kv(&node, &prefix) {
                     Ok(Some(kv)) => {
                         let now = (kv.key.clone(), kv.mod_revision);
                         if last.as_ref() != Some(&now) {
+                            // etcd's headers: a leader its read found gets that read's
+                            // (the current revision); a change its watch saw (a new value
+                            // of the same key, or the first leader after none) gets the
+                            // revision of that change.
+                            let seen_by_watch =
+                                leaderless || last.as_ref().is_some_and(|(k, _)| *k == kv.key);
+                            let revision = seen_by_watch.then_some(kv.mod_revision);
+                            leaderless = false;
                             last = Some(now);
                             let resp = LeaderResponse {
-                                header: Some(node.status.header(None)),
+                                header: Some(node.status.header(revision)),
                                 kv: Some(kv),
                             };
                             if tx.send(Ok(resp)).await.is_err() {
@@ -273,7 +297,7 @@ impl Election for ElectionService {
                             }
                         }
                     }
-                    Ok(None) => {}
+                    Ok(None) => leaderless = true,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
@@ -308,6 +332,10 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        Ok(Response::new(self.resign_inner(req).await?))
+        Ok(Response::new(
+            self.resign_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 }

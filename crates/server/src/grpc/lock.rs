@@ -9,8 +9,9 @@
 //! waiter whose lease expired or was revoked meanwhile is never granted
 //! (`session: session is expired`). If the caller goes away while waiting, its key is
 //! deleted. Lease 0 gets a fresh 60 s lease that nobody keeps alive (etcd's session
-//! default, orphaned as etcd's server does). The response header is the one of the Txn
-//! that created the key, as etcd's.
+//! default, orphaned as etcd's server does). The response header is etcd's: the one of
+//! the Txn that created the key when the lock was free, else the current revision when
+//! the wait ended.
 
 use std::sync::Arc;
 
@@ -63,14 +64,18 @@ impl LockService {
             node: self.node.clone(),
             key: Some(key.clone()),
         };
-        wait_for_older(&self.node, &prefix, my_rev).await?;
+        let waited = wait_for_older(&self.node, &prefix, my_rev).await?;
         if own_create_revision(&self.node, &key).await? != Some(my_rev) {
             guard.key = None;
             return Err(EtcdError::SessionExpired.into());
         }
         guard.key = None;
+        // etcd's Mutex answers with the Txn's header when it owned the lock at once, and
+        // after a wait with the header of its last read (of its own key): the current
+        // revision when the wait ended, not the revision of its key.
+        let revision = (!waited).then_some(header.revision);
         Ok(LockResponse {
-            header: Some(self.node.status.header(Some(header.revision))),
+            header: Some(self.node.status.header(revision)),
             key: Bytes::from(key),
         })
     }
@@ -113,13 +118,13 @@ pub(crate) async fn grant_session(node: &Node, min_ttl: i64) -> Result<i64, Requ
 }
 
 /// Creates `key` with `lease` unless it exists; returns the Txn's header, the key's
-/// create revision, and whether this call created it.
+/// create revision, and the value it already had (`None` when this call created it).
 pub(crate) async fn create_or_get(
     node: &Node,
     key: &[u8],
     value: Bytes,
     lease: i64,
-) -> Result<(ResponseHeader, i64, bool), RequestError> {
+) -> Result<(ResponseHeader, i64, Option<Bytes>), RequestError> {
     let key = Bytes::copy_from_slice(key);
     let txn = TxnRequest {
         compare: vec![Compare {
@@ -156,14 +161,14 @@ pub(crate) async fn create_or_get(
     };
     let header = resp.header.unwrap_or_default();
     if resp.succeeded {
-        return Ok((header, header.revision, true));
+        return Ok((header, header.revision, None));
     }
     let existing = resp.responses.into_iter().find_map(|r| match r.response {
         Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
         _ => None,
     });
     match existing {
-        Some(kv) => Ok((header, kv.create_revision, false)),
+        Some(kv) => Ok((header, kv.create_revision, Some(kv.value))),
         // Created and gone between the compare and now: the caller's lease is gone.
         None => Err(EtcdError::SessionExpired.into()),
     }
@@ -192,16 +197,19 @@ async fn newest_older(
     Ok(resp.kvs.into_iter().next().map(|kv| (kv.key, at)))
 }
 
-/// Waits until no key under `prefix` was created before `my_rev`, one key at a time.
+/// Waits until no key under `prefix` was created before `my_rev`, one key at a time;
+/// returns whether there was any to wait for.
 pub(crate) async fn wait_for_older(
     node: &Node,
     prefix: &[u8],
     my_rev: i64,
-) -> Result<(), RequestError> {
+) -> Result<bool, RequestError> {
+    let mut waited = false;
     while let Some((older, at)) = newest_older(node, prefix, my_rev - 1).await? {
+        waited = true;
         wait_delete(node, &older, at + 1).await;
     }
-    Ok(())
+    Ok(waited)
 }
 
 /// Waits for a DELETE of `key` at or after `from` (a compaction cancel also returns:
@@ -307,13 +315,21 @@ impl Drop for DeleteOnDrop {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        Ok(Response::new(self.lock_inner(req).await?))
+        Ok(Response::new(
+            self.lock_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 
     async fn unlock(
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        Ok(Response::new(self.unlock_inner(req).await?))
+        Ok(Response::new(
+            self.unlock_inner(req)
+                .await
+                .map_err(RequestError::through_client)?,
+        ))
     }
 }
