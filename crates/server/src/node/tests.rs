@@ -256,6 +256,43 @@ impl Harness {
         rx
     }
 
+    /// Proposes `n` puts of `{prefix}{i}` on member `on` and steps until every one is
+    /// answered; returns how many were applied (answered with a put response).
+    fn puts(&mut self, on: u64, prefix: &str, n: usize, max_steps: usize) -> usize {
+        let mut replies: Vec<_> = (0..n)
+            .map(|i| self.put(on, &format!("{prefix}{i}"), "v"))
+            .collect();
+        let mut applied = 0;
+        self.run_until(max_steps, "every put answered", |_| {
+            replies.retain_mut(|rx| match rx.try_recv() {
+                Ok(Ok(ApplyResponse::Put(_))) => {
+                    applied += 1;
+                    false
+                }
+                Ok(other) => panic!("a put answered {other:?}"),
+                Err(oneshot::error::TryRecvError::Empty) => true,
+                Err(e) => panic!("a put was dropped: {e}"),
+            });
+            replies.is_empty()
+        });
+        applied
+    }
+
+    /// Steps until every member applied what `leader` has.
+    fn settle(&mut self, leader: u64, max_steps: usize) {
+        let target = self.applied(leader);
+        self.run_until(max_steps, "every member applied", |h| {
+            h.members.keys().all(|&id| h.applied(id) >= target)
+        });
+    }
+
+    /// Every member's store is the same; returns its revision.
+    fn assert_stores_equal(&self) -> i64 {
+        let hashes: Vec<_> = self.members.keys().map(|&id| self.hash(id)).collect();
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+        hashes[0].0
+    }
+
     fn applied(&self, id: u64) -> u64 {
         self.members[&id].status.applied_index()
     }
@@ -273,30 +310,13 @@ fn three_loops_driven_by_hand_agree() {
     let mut h = Harness::new(&[1, 2, 3], 10_000);
     h.run_until(100, "a leader", |h| h.leader().is_some());
     let leader = h.leader().unwrap();
-    let mut replies: Vec<_> = (0..100)
-        .map(|i| h.put(leader, &format!("k{i}"), "v"))
-        .collect();
-    let mut answered = 0;
-    h.run_until(50, "every put answered", |_| {
-        replies.retain_mut(|rx| match rx.try_recv() {
-            Ok(Ok(ApplyResponse::Put(_))) => {
-                answered += 1;
-                false
-            }
-            Ok(other) => panic!("a put answered {other:?}"),
-            Err(oneshot::error::TryRecvError::Empty) => true,
-            Err(e) => panic!("a put was dropped: {e}"),
-        });
-        replies.is_empty()
-    });
-    assert_eq!(answered, 100);
-    let target = h.applied(leader);
-    h.run_until(20, "every member applied", |h| {
-        h.members.keys().all(|&id| h.applied(id) == target)
-    });
-    let hashes: Vec<_> = h.members.keys().map(|&id| h.hash(id)).collect();
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    assert_eq!(hashes[0].0, 101, "a hundred puts after revision 1");
+    assert_eq!(h.puts(leader, "k", 100, 50), 100);
+    h.settle(leader, 20);
+    assert_eq!(
+        h.assert_stores_equal(),
+        101,
+        "a hundred puts after revision 1"
+    );
 }
 
 // Goal: a member cut off while the others compact their log past it catches up by a
@@ -311,37 +331,14 @@ fn a_member_cut_off_catches_up_by_snapshot() {
     h.isolated.push(lagging);
     // Enough entries that the log kept behind a snapshot (5,000) does not reach back.
     for round in 0..6 {
-        let mut replies: Vec<_> = (0..1_000)
-            .map(|i| h.put(leader, &format!("r{round}/{i}"), "v"))
-            .collect();
-        h.run_until(200, "a round of puts answered", |_| {
-            replies
-                .retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-            replies.is_empty()
-        });
+        h.puts(leader, &format!("r{round}/"), 1_000, 200);
     }
     assert!(h.applied(lagging) < 10, "the cut-off member saw nothing");
     h.isolated.clear();
-    let target = h.applied(leader);
-    h.run_until(500, "the cut-off member caught up", |h| {
-        h.applied(lagging) >= target
-    });
-    let after = h.put(leader, "after", "v");
-    let mut after = Some(after);
-    h.run_until(50, "a put after the snapshot", |h| {
-        if let Some(rx) = after.as_mut()
-            && rx.try_recv().is_ok()
-        {
-            after = None;
-        }
-        after.is_none()
-            && h.members
-                .keys()
-                .all(|&id| h.applied(id) == h.applied(leader))
-    });
-    let hashes: Vec<_> = h.members.keys().map(|&id| h.hash(id)).collect();
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    assert_eq!(hashes[0].0, 6_002);
+    h.settle(leader, 500);
+    h.puts(leader, "after", 1, 50);
+    h.settle(leader, 50);
+    assert_eq!(h.assert_stores_equal(), 6_002);
     // It caught up by a snapshot, not by the log (which the others compacted).
     let installed = h.members[&lagging].raft_loop.snapshot_index;
     assert!(installed > 1_000, "snapshot index {installed}");
@@ -355,18 +352,9 @@ fn a_restarted_member_replays_and_goes_on() {
     let mut h = Harness::new(&[1, 2, 3], 100);
     h.run_until(100, "a leader", |h| h.leader().is_some());
     let leader = h.leader().unwrap();
-    let mut replies: Vec<_> = (0..450)
-        .map(|i| h.put(leader, &format!("k{i}"), "v"))
-        .collect();
-    h.run_until(100, "the puts answered", |_| {
-        replies.retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-        replies.is_empty()
-    });
+    h.puts(leader, "k", 450, 100);
     let follower = *h.members.keys().find(|&&id| id != leader).unwrap();
-    let target = h.applied(leader);
-    h.run_until(20, "the follower applied", |h| {
-        h.applied(follower) == target
-    });
+    h.settle(leader, 20);
     h.restart(follower);
     let restarted = &h.members[&follower];
     assert!(
@@ -378,20 +366,7 @@ fn a_restarted_member_replays_and_goes_on() {
         [1, 2, 3],
         "the configuration is rebuilt"
     );
-    let after = h.put(leader, "after", "v");
-    let mut after = Some(after);
-    h.run_until(100, "a put after the restart, applied everywhere", |h| {
-        if let Some(rx) = after.as_mut()
-            && rx.try_recv().is_ok()
-        {
-            after = None;
-        }
-        after.is_none()
-            && h.members
-                .keys()
-                .all(|&id| h.applied(id) == h.applied(leader))
-    });
-    let hashes: Vec<_> = h.members.keys().map(|&id| h.hash(id)).collect();
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    assert_eq!(hashes[0].0, 452);
+    h.puts(leader, "after", 1, 100);
+    h.settle(leader, 100);
+    assert_eq!(h.assert_stores_equal(), 452);
 }
