@@ -44,6 +44,19 @@ impl From<RequestError> for Status {
     }
 }
 
+/// The status etcd's Lock and Election services send for `e`. etcd serves them with a
+/// client (`clientv3/concurrency`) running inside the server, so what they fail with is
+/// a client-side error value that carries no gRPC code: gRPC-Go sends every one as
+/// `Unknown` with etcd's message (an unknown lease is `Unknown` "etcdserver: requested
+/// lease not found", not `NotFound`; seen on etcd 3.4.23). Clients match on both, so
+/// retcd sends the same. Failures etcd has no message for keep their own code.
+pub fn embedded_client_status(e: RequestError) -> Status {
+    match e {
+        RequestError::Etcd(e) => Status::unknown(e.message()),
+        other => Status::from(other),
+    }
+}
+
 /// The client-facing meaning of an MVCC error, if it has one. `Compacted` and
 /// `FutureRevision` are deterministic answers to a request; everything else is a storage
 /// failure.
@@ -94,5 +107,16 @@ mod tests {
         let s = Status::from(RequestError::from(EtcdError::Stopped));
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(s.message(), "etcdserver: server stopped");
+    }
+
+    // Goal: Lock and Election errors keep etcd's message and go out as Unknown, as the
+    // client inside etcd's server sends them.
+    #[test]
+    fn embedded_client_errors_are_unknown_with_etcds_message() {
+        let s = embedded_client_status(EtcdError::LeaseNotFound.into());
+        assert_eq!(s.code(), tonic::Code::Unknown);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s = embedded_client_status(RequestError::Internal("x".into()));
+        assert_eq!(s.code(), tonic::Code::Internal);
     }
 }
