@@ -8,6 +8,11 @@
 //!
 //! Codes follow etcd 3.5. Where etcd 3.6 changed one, the variant says so;
 //! variants that only 3.6 sends are marked too.
+//!
+//! A code is what reaches the wire, not what etcd's error table seems to say: etcd
+//! maps a few server errors to its *client-side* error values, which carry no gRPC
+//! status, so gRPC-Go sends them as `Unknown` (seen on etcd 3.4.23; 3.5's table is the
+//! same). Those variants are `Unknown` here too.
 
 use tonic::{Code, Status};
 
@@ -87,8 +92,9 @@ etcd_errors! {
     // ---- membership
     MemberExist => FailedPrecondition, "etcdserver: member ID already exist";
     PeerUrlExist => FailedPrecondition, "etcdserver: Peer URLs already exists";
-    /// The change would leave too few started members for a quorum.
-    MemberNotEnoughStarted => FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members";
+    /// The change would leave too few started members for a quorum. `Unknown` on the
+    /// wire: etcd maps it to a client-side error value (see the module docs).
+    MemberNotEnoughStarted => Unknown, "etcdserver: re-configuration failed due to not enough started members";
     MemberBadUrls => InvalidArgument, "etcdserver: given member URLs are invalid";
     MemberNotFound => NotFound, "etcdserver: member not found";
     /// A MemberPromote of a member that is already a voter.
@@ -101,8 +107,9 @@ etcd_errors! {
     // ---- limits
     /// A request above `--max-request-bytes`.
     RequestTooLarge => InvalidArgument, "etcdserver: request is too large";
-    /// Too many proposals are committed but not yet applied.
-    TooManyRequests => ResourceExhausted, "etcdserver: too many requests";
+    /// Too many proposals are committed but not yet applied. `Unknown` on the wire, as
+    /// `MemberNotEnoughStarted`.
+    TooManyRequests => Unknown, "etcdserver: too many requests";
 
     // ---- auth
     RootUserNotExist => FailedPrecondition, "etcdserver: root user does not exist";
@@ -133,8 +140,9 @@ etcd_errors! {
     NotCapable => Unavailable, "etcdserver: not capable";
     Stopped => Unavailable, "etcdserver: server stopped";
     Timeout => Unavailable, "etcdserver: request timed out";
-    /// MoveLeader did not see the transferee lead in time.
-    TimeoutLeaderTransfer => Unavailable, "etcdserver: request timed out, leader transfer took too long";
+    /// MoveLeader did not see the transferee lead in time. Not in etcd's error table,
+    /// so gRPC-Go sends it as `Unknown`.
+    TimeoutLeaderTransfer => Unknown, "etcdserver: request timed out, leader transfer took too long";
     TimeoutDueToLeaderFail => Unavailable, "etcdserver: request timed out, possibly due to previous leader failure";
     TimeoutDueToConnectionLost => Unavailable, "etcdserver: request timed out, possibly due to connection lost";
     TimeoutWaitAppliedIndex => Unavailable, "etcdserver: request timed out, waiting for the applied index took too long";
@@ -290,7 +298,7 @@ mod tests {
         ),
         (
             EtcdError::MemberNotEnoughStarted,
-            Code::FailedPrecondition,
+            Code::Unknown,
             "etcdserver: re-configuration failed due to not enough started members",
         ),
         (
@@ -330,7 +338,7 @@ mod tests {
         ),
         (
             EtcdError::TooManyRequests,
-            Code::ResourceExhausted,
+            Code::Unknown,
             "etcdserver: too many requests",
         ),
         (
@@ -450,7 +458,7 @@ mod tests {
         ),
         (
             EtcdError::TimeoutLeaderTransfer,
-            Code::Unavailable,
+            Code::Unknown,
             "etcdserver: request timed out, leader transfer took too long",
         ),
         (

@@ -265,24 +265,41 @@ async fn quota_raises_nospace_until_the_alarm_is_disarmed() {
     let mut c = s.client().await;
     assert_no_space(c.put("small", "x", None).await, "a put after a restart");
 
-    // CORRUPT cannot be raised by hand (nothing would honour it).
+    // CORRUPT can be raised by hand, as in etcd: writes then fail with "corrupt
+    // cluster" (over NOSPACE's answer) until it is disarmed.
     let corrupt = c
         .alarm(AlarmAction::Activate, AlarmType::Corrupt, None)
-        .await;
+        .await
+        .unwrap();
+    assert_eq!(corrupt.alarms().len(), 1);
+    let refused = status_of(c.put("small", "x", None).await.unwrap_err());
     assert_eq!(
-        status_of(corrupt.unwrap_err()).code(),
-        tonic::Code::Unimplemented
+        (refused.code(), refused.message()),
+        (tonic::Code::DataLoss, "etcdserver: corrupt cluster")
     );
-    // Nor can a type etcd does not define.
+    c.alarm(AlarmAction::Deactivate, AlarmType::Corrupt, None)
+        .await
+        .unwrap();
+    // A type etcd does not define is kept and listed, as etcd does; it changes nothing.
     let mut raw = MaintenanceClient::connect(s.endpoint()).await.unwrap();
-    let unknown = raw
-        .alarm(pb::AlarmRequest {
-            action: pb::alarm_request::AlarmAction::Activate as i32,
+    let unknown = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Activate as i32,
+        member_id: me,
+        alarm: 7,
+    };
+    let raised = raw.alarm(unknown).await.unwrap().into_inner();
+    assert_eq!(
+        raised.alarms,
+        [pb::AlarmMember {
             member_id: me,
-            alarm: 7,
-        })
-        .await;
-    assert_eq!(unknown.unwrap_err().code(), tonic::Code::InvalidArgument);
+            alarm: 7
+        }]
+    );
+    let clear = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Deactivate as i32,
+        ..unknown
+    };
+    raw.alarm(clear).await.unwrap();
 
     let mut disarm = AlarmOptions::new();
     disarm.with_member(me);

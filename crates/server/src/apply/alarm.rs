@@ -1,6 +1,6 @@
-//! Alarms are decided here: the alarm set, what an Alarm entry changes, and the capped
-//! gate that NOSPACE puts in front of every request (etcd's alarm store and
-//! `applierV3Capped`).
+//! Alarms are decided here: the alarm set, what an Alarm entry changes, and the gates
+//! that CORRUPT and NOSPACE put in front of every request (etcd's alarm store,
+//! `applierV3Corrupt` and `applierV3Capped`).
 //!
 //! An alarm is a (member, type) pair, raised and cleared through Raft and kept in the
 //! backend's `alarm` bucket, so every member agrees on the set and it survives restarts.
@@ -9,6 +9,16 @@
 //! (puts, txns with a put in either branch, lease grants) on every member, and keeps
 //! refusing after compaction and defragmentation freed space, until an operator disarms
 //! the alarm, as etcd does. Ranges, deletes, compaction and defragmentation go on.
+//! While any CORRUPT alarm is raised, the corrupt gate refuses every keyspace and lease
+//! request of the log. With both raised, CORRUPT answers: the order etcd's appliers have
+//! when a member starts with both alarms (at run time etcd keeps whichever was raised
+//! last, and clearing either type lifts both, which would let writes through under
+//! CORRUPT).
+//!
+//! Like etcd, any type number may be raised (and is listed and shown by Status), NONE
+//! included; only NONE for member 0 is ignored, which etcd cannot store (its alarm key is
+//! the encoded `AlarmMember`, empty for that one, and the member stops at every start).
+//! The Maintenance service refuses it before proposing.
 //!
 //! The other half of etcd's quota, the check before proposing that raises NOSPACE, is
 //! `crate::quota`: it compares this member's backend size, which differs between
@@ -64,11 +74,13 @@ impl Alarms {
         Ok(Alarms { raised })
     }
 
-    /// Every raised alarm of type `of` (every alarm for `None`), by member.
-    pub fn list(&self, of: AlarmType) -> Vec<AlarmMember> {
+    /// Every raised alarm of type `of` (every alarm for `None`, 0), by member. `of` may be
+    /// a number no type has, as etcd's GET allows.
+    pub fn list(&self, of: impl Into<i32>) -> Vec<AlarmMember> {
+        let of = of.into();
         self.raised
             .iter()
-            .filter(|(_, a)| of == AlarmType::None || *a == of as i32)
+            .filter(|(_, a)| of == AlarmType::None as i32 || *a == of)
             .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
             .collect()
     }
@@ -80,36 +92,69 @@ impl Alarms {
             .any(|(_, a)| *a == AlarmType::Nospace as i32)
     }
 
-    /// Applies an activation or deactivation; returns the alarm that changed (none if it
-    /// was already so, or for a GET or the NONE type).
+    /// Whether the keyspace is closed (a CORRUPT alarm is raised).
+    pub fn corrupt(&self) -> bool {
+        self.raised
+            .iter()
+            .any(|(_, a)| *a == AlarmType::Corrupt as i32)
+    }
+
+    /// Applies an activation or deactivation, as etcd answers them: an activation with
+    /// the alarm (raised now or before), a deactivation with the alarm it cleared (none
+    /// if it was not raised). Anything else (a GET, an unknown action, NONE for member
+    /// 0) changes nothing and answers nothing.
     pub fn apply(
         &mut self,
         tx: &mut impl WriteTx,
         req: &AlarmRequest,
     ) -> Result<Vec<AlarmMember>, BackendError> {
-        if req.alarm == AlarmType::None as i32 {
-            return Ok(Vec::new());
-        }
         let entry = (req.member_id, req.alarm);
-        let changed = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Activate) if self.raised.insert(entry) => {
-                tx.put(Bucket::Alarm, &key(entry.0, entry.1), &[])?;
-                true
+        let alarm = AlarmMember {
+            member_id: entry.0,
+            alarm: entry.1,
+        };
+        match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Activate) if entry != (0, AlarmType::None as i32) => {
+                if self.raised.insert(entry) {
+                    tx.put(Bucket::Alarm, &key(entry.0, entry.1), &[])?;
+                }
+                Ok(vec![alarm])
             }
             Ok(AlarmAction::Deactivate) if self.raised.remove(&entry) => {
                 tx.delete(Bucket::Alarm, &key(entry.0, entry.1))?;
-                true
+                Ok(vec![alarm])
             }
-            _ => false,
-        };
-        Ok(if changed {
-            vec![AlarmMember {
-                member_id: entry.0,
-                alarm: entry.1,
-            }]
-        } else {
-            Vec::new()
-        })
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// etcd's corrupt applier: while CORRUPT is raised, the requests of the log that read or
+/// change keys or leases are refused with "corrupt cluster". Alarms (so an operator can
+/// disarm it), members, and retcd's renewals and expiries go on; reads served outside
+/// the log (Range) go on too, as in etcd.
+pub struct CorruptGate;
+
+impl Gate for CorruptGate {
+    fn name(&self) -> &'static str {
+        "corrupt"
+    }
+
+    fn admit(&self, req: &Request<'_>, state: &GateState<'_>) -> Result<(), EtcdError> {
+        let keyspace = matches!(
+            req,
+            Request::Range(_)
+                | Request::Put(_)
+                | Request::DeleteRange(_)
+                | Request::Txn(_)
+                | Request::Compaction(_)
+                | Request::LeaseGrant(_)
+                | Request::LeaseRevoke(_)
+        );
+        if keyspace && state.alarms.corrupt() {
+            return Err(EtcdError::Corrupt);
+        }
+        Ok(())
     }
 }
 
@@ -161,8 +206,9 @@ mod tests {
         }
     }
 
-    // Goal: activations and deactivations are idempotent, answer with what changed, and
-    // persist; NOSPACE is what caps writes.
+    // Goal: activations and deactivations are idempotent and persist; they answer as
+    // etcd does (an activation always with its alarm, a deactivation with what it
+    // cleared); any type number is kept, NONE for member 0 never; NOSPACE caps writes.
     #[test]
     fn alarms_apply_list_and_persist() {
         let backend = MemBackend::new();
@@ -172,24 +218,44 @@ mod tests {
             .apply(&mut tx, &req(AlarmAction::Activate, 7, AlarmType::Nospace))
             .unwrap();
         assert_eq!(raised.len(), 1);
-        assert!(
+        assert_eq!(
             alarms
                 .apply(&mut tx, &req(AlarmAction::Activate, 7, AlarmType::Nospace))
-                .unwrap()
-                .is_empty()
+                .unwrap(),
+            raised
         );
         alarms
             .apply(&mut tx, &req(AlarmAction::Activate, 9, AlarmType::Corrupt))
             .unwrap();
-        assert!(
+        assert_eq!(
             alarms
                 .apply(&mut tx, &req(AlarmAction::Activate, 9, AlarmType::None))
                 .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            alarms
+                .apply(&mut tx, &req(AlarmAction::Activate, 0, AlarmType::None))
+                .unwrap()
                 .is_empty()
         );
+        let unknown = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 3,
+            alarm: 99,
+        };
+        assert_eq!(alarms.apply(&mut tx, &unknown).unwrap().len(), 1);
+        assert_eq!(alarms.list(99).len(), 1);
+        assert!(alarms.list(98).is_empty());
+        let bogus_action = AlarmRequest {
+            action: 7,
+            ..unknown
+        };
+        assert!(alarms.apply(&mut tx, &bogus_action).unwrap().is_empty());
         tx.commit().unwrap();
-        assert!(alarms.no_space());
-        assert_eq!(alarms.list(AlarmType::None).len(), 2);
+        assert!(alarms.no_space() && alarms.corrupt());
+        assert_eq!(alarms.list(AlarmType::None).len(), 4);
         assert_eq!(
             alarms.list(AlarmType::Corrupt),
             [AlarmMember {
@@ -208,10 +274,55 @@ mod tests {
             )
             .unwrap();
         assert_eq!(cleared, raised);
+        assert!(
+            alarms
+                .apply(
+                    &mut tx,
+                    &req(AlarmAction::Deactivate, 7, AlarmType::Nospace),
+                )
+                .unwrap()
+                .is_empty(),
+            "not raised any more"
+        );
         tx.commit().unwrap();
         assert!(!alarms.no_space());
         let loaded = Alarms::load(&backend.begin_read().unwrap()).unwrap();
-        assert_eq!(loaded.list(AlarmType::None).len(), 1);
+        assert_eq!(loaded.list(AlarmType::None).len(), 3);
+    }
+
+    // Goal: etcd's corrupt applier: with CORRUPT raised, every keyspace and lease request
+    // of the log is refused; alarms still go through, so it can be disarmed.
+    #[test]
+    fn corrupt_gate_closes_the_keyspace() {
+        use retcd_api::etcdserverpb::{
+            CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRenewRequest, PutRequest,
+        };
+        let backend = MemBackend::new();
+        let mut alarms = Alarms::default();
+        let put = PutRequest::default();
+        let del = DeleteRangeRequest::default();
+        let compact = CompactionRequest::default();
+        let grant = LeaseGrantRequest::default();
+        let renew = LeaseRenewRequest::default();
+        let disarm = req(AlarmAction::Deactivate, 0, AlarmType::Corrupt);
+        let admit = |alarms: &Alarms, r: Request<'_>| CorruptGate.admit(&r, &GateState { alarms });
+        assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
+        let mut tx = backend.begin_write().unwrap();
+        alarms
+            .apply(&mut tx, &req(AlarmAction::Activate, 0, AlarmType::Corrupt))
+            .unwrap();
+        for r in [
+            Request::Put(&put),
+            Request::DeleteRange(&del),
+            Request::Compaction(&compact),
+            Request::LeaseGrant(&grant),
+        ] {
+            assert_eq!(admit(&alarms, r), Err(EtcdError::Corrupt), "{r:?}");
+        }
+        assert_eq!(admit(&alarms, Request::LeaseRenew(&renew)), Ok(()));
+        assert_eq!(admit(&alarms, Request::Alarm(&disarm)), Ok(()));
+        alarms.apply(&mut tx, &disarm).unwrap();
+        assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
     }
 
     // Goal: etcd's capped applier: with NOSPACE raised, puts, txns with a put in either

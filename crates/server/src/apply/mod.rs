@@ -5,14 +5,15 @@
 //! |---|---|
 //! | put, delete, txn, range, compaction | `kv.rs` (request checks in `validate.rs`) |
 //! | lease grant, revoke, renew, expire | `lease.rs` (rules in the `retcd_lease` crate) |
-//! | alarm, and the NOSPACE cap | `alarm.rs` |
+//! | alarm, and the CORRUPT and NOSPACE gates | `alarm.rs` |
 //! | configuration changes, member attributes | `membership.rs` |
 //!
 //! # The chain
 //! Like etcd's appliers, a request passes through layers before it is carried out. Each
 //! layer is a [`Gate`]: it sees the request and the applied state and lets it through or
-//! refuses it with the error its proposer gets. Today the chain is the capped gate
-//! (NOSPACE refuses what grows the store); auth will be a gate in front of it. Then
+//! refuses it with the error its proposer gets. Today the chain is the corrupt gate
+//! (CORRUPT refuses keyspace and lease requests), then the capped gate (NOSPACE refuses
+//! what grows the store); auth will be a gate in front of them. Then
 //! [`ApplyBatch`] dispatches the request to the file that decides its kind.
 //!
 //! # Contract
@@ -63,7 +64,7 @@ use retcd_lease::{Lessor, Time};
 use retcd_mvcc::{Event, KvStore, MvccError, RangeOptions, WriteBatch};
 use retcd_raft::{ConfChangeV2, EntryType};
 
-pub use alarm::{Alarms, CappedGate};
+pub use alarm::{Alarms, CappedGate, CorruptGate};
 pub use kv::{KvRead, execute_range, execute_read_only_txn, txn_is_read_only, txn_is_serializable};
 pub use membership::DecodedConfChange;
 pub use request::Request;
@@ -205,7 +206,7 @@ impl<B: Backend> Applier<B> {
             lessor: Arc::new(Mutex::new(lessor)),
             membership: Published::new(membership),
             alarms: Published::new(alarms),
-            gates: vec![Box::new(CappedGate)],
+            gates: vec![Box::new(CorruptGate), Box::new(CappedGate)],
             metrics,
             local,
             replay: replay_from,

@@ -8,6 +8,11 @@
 //! leader" otherwise); Resign deletes it under the same condition; Leader reads the
 //! lowest key ("election: no leader" if none); Observe streams the leader's key-value
 //! each time the leader or its value changes, from the watchable store.
+//!
+//! As in etcd, Campaign and Proclaim without a lease (0) grant a fresh 60 s lease that
+//! nobody keeps alive: a Proclaim with lease 0 moves the leader key onto it. Errors go
+//! out as etcd's do: code `Unknown`, etcd's message
+//! (`crate::errors::embedded_client_status`).
 
 use std::sync::Arc;
 
@@ -29,10 +34,11 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::lock::{
-    DeleteOnDrop, create_or_get, grant_session, own_create_revision, prefix_end, wait_for_older,
+    DeleteOnDrop, create_or_get, grant_session, lease_hex, own_create_revision, prefix_end,
+    wait_for_older,
 };
 use crate::apply::{self, ApplyResponse};
-use crate::errors::RequestError;
+use crate::errors::{RequestError, embedded_client_status};
 use crate::node::Node;
 
 pub struct ElectionService {
@@ -125,7 +131,7 @@ impl ElectionService {
             r.lease
         };
         let prefix = prefix_of(&r.name);
-        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        let key = [prefix.as_slice(), lease_hex(lease).as_bytes()].concat();
         let (header, my_rev, existing) =
             create_or_get(&self.node, &key, r.value.clone(), lease).await?;
         let mut guard = DeleteOnDrop {
@@ -161,7 +167,15 @@ impl ElectionService {
         req: Request<ProclaimRequest>,
     ) -> Result<ProclaimResponse, RequestError> {
         let r = req.into_inner();
-        let leader = r.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
+        let mut leader = r.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
+        if leader.key.is_empty() {
+            return Err(EtcdError::EmptyKey.into());
+        }
+        // etcd resumes the election in a session made from `leader.lease`: lease 0 is a
+        // new orphaned lease, and the leader key is put with it.
+        if leader.lease == 0 {
+            leader.lease = grant_session(&self.node, self.min_ttl).await?;
+        }
         let revision = self.proclaim_value(&leader, r.value).await?;
         Ok(ProclaimResponse {
             header: Some(self.node.status.header(Some(revision))),
@@ -176,6 +190,9 @@ impl ElectionService {
             .into_inner()
             .leader
             .ok_or(EtcdError::ElectionMissingLeaderKey)?;
+        if leader.key.is_empty() {
+            return Err(EtcdError::EmptyKey.into());
+        }
         let (_, revision) = self
             .txn(TxnRequest {
                 compare: vec![leader_guard(&leader)],
@@ -217,33 +234,24 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        Ok(Response::new(
-            self.campaign_inner(req)
-                .await
-                .map_err(RequestError::through_client)?,
-        ))
+        let resp = self.campaign_inner(req).await;
+        Ok(Response::new(resp.map_err(embedded_client_status)?))
     }
 
     async fn proclaim(
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        Ok(Response::new(
-            self.proclaim_inner(req)
-                .await
-                .map_err(RequestError::through_client)?,
-        ))
+        let resp = self.proclaim_inner(req).await;
+        Ok(Response::new(resp.map_err(embedded_client_status)?))
     }
 
     async fn leader(
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        Ok(Response::new(
-            self.leader_inner(req)
-                .await
-                .map_err(RequestError::through_client)?,
-        ))
+        let resp = self.leader_inner(req).await;
+        Ok(Response::new(resp.map_err(embedded_client_status)?))
     }
 
     /// Sends the leader's key-value now (if there is a leader) and at every change of
@@ -253,7 +261,10 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let node = self.node.clone();
-        node.handle.read_index().await.map_err(Status::from)?;
+        node.handle
+            .read_index()
+            .await
+            .map_err(embedded_client_status)?;
         let prefix = prefix_of(&req.into_inner().name);
         let (tx, rx) = mpsc::channel::<Result<LeaderResponse, Status>>(16);
         tokio::spawn(async move {
@@ -299,7 +310,7 @@ impl Election for ElectionService {
                     }
                     Ok(None) => leaderless = true,
                     Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                        let _ = tx.send(Err(embedded_client_status(e))).await;
                         return;
                     }
                 }
@@ -313,9 +324,8 @@ impl Election for ElectionService {
                         break;
                     }
                     if stream.outbox().is_closed() {
-                        let _ = tx
-                            .send(Err(RequestError::from(EtcdError::Stopped).into()))
-                            .await;
+                        let stopped = RequestError::from(EtcdError::Stopped);
+                        let _ = tx.send(Err(embedded_client_status(stopped))).await;
                         return;
                     }
                     tokio::select! {
@@ -332,10 +342,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        Ok(Response::new(
-            self.resign_inner(req)
-                .await
-                .map_err(RequestError::through_client)?,
-        ))
+        let resp = self.resign_inner(req).await;
+        Ok(Response::new(resp.map_err(embedded_client_status)?))
     }
 }

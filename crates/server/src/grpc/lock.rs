@@ -1,17 +1,18 @@
 //! The Lock service (`v3lockpb`), on the server as etcd's `v3lock` (which runs
 //! clientv3/concurrency's Mutex inside the server).
 //!
-//! Lock(name, lease): the caller's key is `<name>/<lease in lowercase hex>`, created with
-//! the lease by a Txn (or found, if this lease already asked). Its create revision orders
-//! the waiters: the caller owns the lock once no key under `<name>/` has a lower create
-//! revision. It waits on the newest older key only, until that key is deleted, then
+//! Lock(name, lease): the caller's key is `<name>/<lease in hex>` ([`lease_hex`]),
+//! created with the lease by a Txn (or found, if this lease already asked). Its create
+//! revision orders the waiters: the caller owns the lock once no key under `<name>/` has
+//! a lower create revision. It waits on the newest older key only, until that key is deleted, then
 //! looks again (no herd). Before answering it checks that its own key still exists: a
 //! waiter whose lease expired or was revoked meanwhile is never granted
 //! (`session: session is expired`). If the caller goes away while waiting, its key is
 //! deleted. Lease 0 gets a fresh 60 s lease that nobody keeps alive (etcd's session
 //! default, orphaned as etcd's server does). The response header is etcd's: the one of
 //! the Txn that created the key when the lock was free, else the current revision when
-//! the wait ended.
+//! the wait ended. Errors go out as etcd's do: code `Unknown`, etcd's message
+//! (`crate::errors::embedded_client_status`).
 
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::{self, ApplyResponse};
 use crate::clock;
-use crate::errors::RequestError;
+use crate::errors::{RequestError, embedded_client_status};
 use crate::node::Node;
 
 /// TTL of the lease granted for a Lock without one (clientv3/concurrency's default).
@@ -58,7 +59,7 @@ impl LockService {
             r.lease
         };
         let prefix = [r.name.as_ref(), b"/"].concat();
-        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        let key = [prefix.as_slice(), lease_hex(lease).as_bytes()].concat();
         let (header, my_rev, _) = create_or_get(&self.node, &key, Bytes::new(), lease).await?;
         let mut guard = DeleteOnDrop {
             node: self.node.clone(),
@@ -85,10 +86,25 @@ impl LockService {
         req: Request<UnlockRequest>,
     ) -> Result<UnlockResponse, RequestError> {
         let key = req.into_inner().key;
+        // etcd's Unlock is a client Delete, which refuses an empty key before proposing.
+        if key.is_empty() {
+            return Err(EtcdError::EmptyKey.into());
+        }
         let revision = delete_key(&self.node, key).await?;
         Ok(UnlockResponse {
             header: Some(self.node.status.header(Some(revision))),
         })
+    }
+}
+
+/// The lease part of a lock or election key, as etcd writes it (Go's `%x` of the signed
+/// id): lowercase hex, with a minus sign for a negative lease (a lease granted with a
+/// negative id works like any other), so the key is the one etcd would use.
+pub(crate) fn lease_hex(lease: i64) -> String {
+    if lease < 0 {
+        format!("-{:x}", lease.unsigned_abs())
+    } else {
+        format!("{lease:x}")
     }
 }
 
@@ -315,21 +331,30 @@ impl Drop for DeleteOnDrop {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        Ok(Response::new(
-            self.lock_inner(req)
-                .await
-                .map_err(RequestError::through_client)?,
-        ))
+        let resp = self.lock_inner(req).await;
+        Ok(Response::new(resp.map_err(embedded_client_status)?))
     }
 
     async fn unlock(
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        Ok(Response::new(
-            self.unlock_inner(req)
-                .await
-                .map_err(RequestError::through_client)?,
-        ))
+        let resp = self.unlock_inner(req).await;
+        Ok(Response::new(resp.map_err(embedded_client_status)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: lock keys are etcd's for every lease id, negative ones included.
+    #[test]
+    fn lease_hex_is_gos_signed_hex() {
+        assert_eq!(lease_hex(0x694d), "694d");
+        assert_eq!(lease_hex(-1), "-1");
+        assert_eq!(lease_hex(-77), "-4d");
+        assert_eq!(lease_hex(i64::MIN), "-8000000000000000");
+        assert_eq!(lease_hex(i64::MAX), "7fffffffffffffff");
     }
 }

@@ -1,4 +1,4 @@
-//! The Maintenance service: Status, Alarm (NOSPACE; see `apply/alarm.rs` and `quota.rs`),
+//! The Maintenance service: Status, Alarm (see `apply/alarm.rs`, and `quota.rs` for NOSPACE),
 //! Hash, HashKV, Defragment and MoveLeader; Snapshot and Downgrade answer
 //! `Unimplemented` for now.
 //!
@@ -97,36 +97,32 @@ impl MaintenanceService {
         Ok(MoveLeaderResponse { header: None })
     }
 
-    /// GET lists this member's view of the raised alarms (of one type, or all for NONE);
-    /// ACTIVATE and DEACTIVATE go through Raft and answer with the alarm that changed.
+    /// GET lists this member's view of the raised alarms (of one type number, or all for
+    /// NONE); ACTIVATE and DEACTIVATE go through Raft and answer as etcd does (see
+    /// `apply/alarm.rs`). Two requests that stop etcd are refused instead, as malformed:
+    /// an unknown action (etcd's apply answers nothing and its handler dereferences the
+    /// missing response) and ACTIVATE NONE for member 0 (an alarm etcd cannot store: the
+    /// member stops at every start).
     async fn alarm_inner(&self, req: AlarmRequest) -> Result<AlarmResponse, RequestError> {
-        let action = alarm_request::AlarmAction::try_from(req.action)
-            .unwrap_or(alarm_request::AlarmAction::Get);
+        let Ok(action) = alarm_request::AlarmAction::try_from(req.action) else {
+            return Err(RequestError::InvalidArgument(format!(
+                "unknown alarm action {}",
+                req.action
+            )));
+        };
         if action == alarm_request::AlarmAction::Get {
-            let of = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
             return Ok(AlarmResponse {
                 header: None,
-                alarms: self.status.alarms().list(of),
+                alarms: self.status.alarms().list(req.alarm),
             });
         }
-        if action == alarm_request::AlarmAction::Activate {
-            match AlarmType::try_from(req.alarm) {
-                Ok(AlarmType::Nospace | AlarmType::None) => {}
-                // A CORRUPT alarm would have to stop reads too; retcd has no corruption
-                // checker to raise one, so it refuses rather than store an alarm it
-                // would ignore.
-                Ok(AlarmType::Corrupt) => {
-                    return Err(RequestError::Unimplemented(
-                        "retcd does not implement the CORRUPT alarm yet".into(),
-                    ));
-                }
-                Err(_) => {
-                    return Err(RequestError::InvalidArgument(format!(
-                        "unknown alarm type {}",
-                        req.alarm
-                    )));
-                }
-            }
+        if action == alarm_request::AlarmAction::Activate
+            && req.alarm == AlarmType::None as i32
+            && req.member_id == 0
+        {
+            return Err(RequestError::InvalidArgument(
+                "alarm NONE of member 0 cannot be activated".into(),
+            ));
         }
         let out = self
             .handle
@@ -175,15 +171,25 @@ impl MaintenanceService {
 }
 
 /// etcd's `StatusResponse.errors`: "no leader" when there is none, then each raised alarm
-/// in gogoproto's text form (`memberID:<id> alarm:<TYPE> `, trailing space included).
+/// in gogoproto's text form: `memberID:<id> alarm:<TYPE> `, each field left out when it
+/// is 0 and an unknown type as its number, trailing space included.
 fn status_errors(leader: u64, alarms: &Alarms) -> Vec<String> {
     let mut errors = Vec::new();
     if leader == 0 {
         errors.push(EtcdError::NoLeader.message().to_string());
     }
     for a in alarms.list(AlarmType::None) {
-        let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
-        errors.push(format!("memberID:{} alarm:{name} ", a.member_id));
+        let mut text = String::new();
+        if a.member_id != 0 {
+            text.push_str(&format!("memberID:{} ", a.member_id));
+        }
+        if a.alarm != 0 {
+            match AlarmType::try_from(a.alarm) {
+                Ok(t) => text.push_str(&format!("alarm:{} ", t.as_str_name())),
+                Err(_) => text.push_str(&format!("alarm:{} ", a.alarm)),
+            }
+        }
+        errors.push(text);
     }
     errors
 }
@@ -247,5 +253,41 @@ impl Maintenance for MaintenanceService {
         _req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(unimplemented("downgrade"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retcd_api::etcdserverpb::alarm_request::AlarmAction;
+    use retcd_backend::{Backend, MemBackend};
+
+    // Goal: Status lists alarms exactly as etcd 3.4.23 printed them (gogoproto's text
+    // form leaves zero fields out and prints an unknown type as its number).
+    #[test]
+    fn status_errors_are_gogos_text() {
+        let backend = MemBackend::new();
+        let mut tx = backend.begin_write().unwrap();
+        let mut alarms = Alarms::default();
+        for (member_id, alarm) in [(123, 99), (555, 0), (0, 2), (777, 1)] {
+            let req = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id,
+                alarm,
+            };
+            alarms.apply(&mut tx, &req).unwrap();
+        }
+        let mut got = status_errors(0, &alarms);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "alarm:CORRUPT ",
+                "etcdserver: no leader",
+                "memberID:123 alarm:99 ",
+                "memberID:555 ",
+                "memberID:777 alarm:NOSPACE ",
+            ]
+        );
     }
 }

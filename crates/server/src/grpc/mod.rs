@@ -16,6 +16,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod peer_urls;
 mod watch;
 
 use retcd_api::errors::EtcdError;
