@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 TOTAL=${TOTAL:-100000}
 BENCH=target/release/retcd-bench
-RETCD=target/release/retcd
+RETCD=${RETCD:-target/release/retcd}
 command -v etcd >/dev/null || { echo "etcd not on PATH (apt-get install etcd-server)"; exit 1; }
 work=$(mktemp -d "$PWD/target/bench-XXXXXX")
 pids=()

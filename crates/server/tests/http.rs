@@ -35,6 +35,41 @@ async fn version_health_probes() {
     c.put("k", "v", None).await.unwrap();
 }
 
+// Goal: /readyz's data_corruption check follows the CORRUPT alarm (raised by hand), and
+// clears when it is disarmed; /health names the alarm meanwhile.
+#[tokio::test]
+async fn readyz_reflects_a_corrupt_alarm() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Retcd::start(&dir.path().join("data"), &[]);
+    let mut c = s.client().await;
+    let member = c.status().await.unwrap().header().unwrap().member_id();
+    let options = || {
+        let mut o = AlarmOptions::new();
+        o.with_member(member);
+        Some(o)
+    };
+    c.alarm(AlarmAction::Activate, AlarmType::Corrupt, options())
+        .await
+        .unwrap();
+    let (code, body) = http_get(s.port, "/readyz?verbose").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]data_corruption failed"), "{body}");
+    assert!(body.contains("[+]non_learner ok"), "{body}");
+    let (code, body) = http_get(s.port, "/health").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (503, r#"{"health":"false","reason":"ALARM CORRUPT"}"#)
+    );
+    c.alarm(AlarmAction::Deactivate, AlarmType::Corrupt, options())
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(s.port, "/readyz").unwrap(),
+        (200, "ok".to_string())
+    );
+}
+
 /// A sample `text` must have.
 fn metric_value(text: &str, name: &str) -> f64 {
     common::metric_sample(text, name)
