@@ -46,6 +46,35 @@ impl SplitMix64 {
     pub fn chance(&mut self, num: u64, den: u64) -> bool {
         self.below(den) < num
     }
+
+    /// True or false, evenly.
+    pub fn flag(&mut self) -> bool {
+        self.below(2) == 0
+    }
+
+    /// One of `xs` (not empty), evenly.
+    pub fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize].clone()
+    }
+
+    /// An `i64` that breaks careless code half the time (zero, -1, the edges of the type,
+    /// a negative), else one of `0..small` (values that hit real state: revisions, ids).
+    pub fn hostile_i64(&mut self, small: u64) -> i64 {
+        match self.below(10) {
+            0 => 0,
+            1 => -1,
+            2 => i64::MIN,
+            3 => i64::MAX,
+            4 => -(self.below(1000) as i64),
+            _ => self.below(small) as i64,
+        }
+    }
+
+    /// An enum number as a hostile client sends it: the defined ones and a few no enum
+    /// defines (proto3 decodes unknown numbers as they are).
+    pub fn hostile_enum(&mut self) -> i32 {
+        self.pick(&[0, 1, 2, 3, 4, 5, -1, 99, i32::MAX, i32::MIN])
+    }
 }
 
 #[cfg(test)]
@@ -62,5 +91,20 @@ mod tests {
             assert!(x < 10);
         }
         assert_ne!(SplitMix64::new(1).next_u64(), SplitMix64::new(2).next_u64());
+    }
+
+    // Goal: the hostile values reach the edges they are meant to, and stay in range
+    // otherwise.
+    #[test]
+    fn hostile_values_reach_the_edges() {
+        let mut r = SplitMix64::new(3);
+        let ints: Vec<i64> = (0..1000).map(|_| r.hostile_i64(12)).collect();
+        for edge in [0, -1, i64::MIN, i64::MAX] {
+            assert!(ints.contains(&edge), "{edge} never came up");
+        }
+        assert!(ints.iter().all(|&i| i < 12 || i == i64::MAX));
+        let enums: Vec<i32> = (0..1000).map(|_| r.hostile_enum()).collect();
+        assert!(enums.contains(&99) && enums.contains(&i32::MIN));
+        assert!((0..100).any(|_| r.flag()) && (0..100).any(|_| !r.flag()));
     }
 }

@@ -19,31 +19,29 @@ use retcd_api::etcdserverpb::{
 use retcd_prng::SplitMix64;
 use tonic::Code;
 
+/// The generator, with this test's keys and values on top of `SplitMix64`'s hostile
+/// numbers.
 struct Rng(SplitMix64);
 
+impl std::ops::Deref for Rng {
+    type Target = SplitMix64;
+    fn deref(&self) -> &SplitMix64 {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Rng {
+    fn deref_mut(&mut self) -> &mut SplitMix64 {
+        &mut self.0
+    }
+}
+
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.below(n)
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-    fn flag(&mut self) -> bool {
-        self.below(2) == 0
-    }
-    /// Numbers that break careless code: signs, zero, the edges of i64.
     fn nasty_i64(&mut self) -> i64 {
-        match self.below(8) {
-            0 => 0,
-            1 => -1,
-            2 => i64::MIN,
-            3 => i64::MAX,
-            4 => -(self.below(1000) as i64),
-            _ => self.below(50) as i64,
-        }
+        self.hostile_i64(50)
     }
     fn nasty_enum(&mut self) -> i32 {
-        self.pick(&[0, 1, 2, 3, 4, 5, -1, 99, i32::MAX, i32::MIN])
+        self.hostile_enum()
     }
     fn key(&mut self) -> Bytes {
         match self.below(6) {

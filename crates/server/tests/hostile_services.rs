@@ -132,21 +132,26 @@ async fn within<T>(
     }
 }
 
+/// The generator: `SplitMix64`, with percentages and this test's values on top.
 struct Rng(SplitMix64);
 
+impl std::ops::Deref for Rng {
+    type Target = SplitMix64;
+    fn deref(&self) -> &SplitMix64 {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Rng {
+    fn deref_mut(&mut self) -> &mut SplitMix64 {
+        &mut self.0
+    }
+}
+
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.below(n)
-    }
-    fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize].clone()
-    }
     /// True `percent` times in a hundred.
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
-    }
-    fn flag(&mut self) -> bool {
-        self.below(2) == 0
     }
     fn value(&mut self) -> Bytes {
         let len = self.below(12) as usize;

@@ -33,28 +33,27 @@ use crate::membership::{Member, Membership};
 const DEFAULT_CASES: u64 = 5_000;
 const DEFAULT_SEED: u64 = 20_261_207;
 
+/// The generator, with this test's keys, values and ids on top of `SplitMix64`'s hostile
+/// numbers.
 struct Rng(SplitMix64);
 
+impl std::ops::Deref for Rng {
+    type Target = SplitMix64;
+    fn deref(&self) -> &SplitMix64 {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Rng {
+    fn deref_mut(&mut self) -> &mut SplitMix64 {
+        &mut self.0
+    }
+}
+
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.below(n)
-    }
-    fn flag(&mut self) -> bool {
-        self.below(2) == 0
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-    /// Numbers that break careless code, and small ones that hit real state.
+    /// Hostile numbers, or small ones that hit real state (revisions, lease ids).
     fn i64(&mut self) -> i64 {
-        match self.below(10) {
-            0 => 0,
-            1 => -1,
-            2 => i64::MIN,
-            3 => i64::MAX,
-            4 => -(self.below(1000) as i64),
-            _ => self.below(12) as i64,
-        }
+        self.hostile_i64(12)
     }
     fn u64(&mut self) -> u64 {
         match self.below(6) {
@@ -64,7 +63,7 @@ impl Rng {
         }
     }
     fn enum_value(&mut self) -> i32 {
-        self.pick(&[0, 1, 2, 3, 4, 5, -1, 99, i32::MAX, i32::MIN])
+        self.hostile_enum()
     }
     fn lease(&mut self) -> i64 {
         match self.below(6) {
