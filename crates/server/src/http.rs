@@ -218,6 +218,8 @@ async fn metrics(s: &HttpState) -> Response {
         .unwrap_or((0, 0));
     let stats = node.store.watch.stats();
     let scrape = ScrapeValues {
+        server_id: node.status.member_id().0,
+        is_learner: node.status.is_learner(),
         db_total_size_bytes: sizes.0 as i64,
         db_total_size_in_use_bytes: sizes.1 as i64,
         quota_backend_bytes: node.status.quota_backend_bytes() as i64,

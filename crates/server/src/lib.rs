@@ -67,12 +67,14 @@ mod errors;
 mod grpc;
 mod http;
 pub mod ids;
+mod listen;
 mod membership;
 pub mod metrics;
 mod node;
 mod peer;
 mod quota;
 mod server;
+mod tls;
 
 pub use server::{Server, run};
 

@@ -12,22 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::grpc::{self, ServiceLimits};
 use crate::http::{self, HttpState};
 use crate::ids;
+use crate::listen::{self, Bound, Http2Settings, ListenAddr};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig};
+use crate::peer::dial::Dialer;
 use crate::peer::service::PeerService;
 use crate::peer::transport::Transport;
+use crate::tls::ServerTls;
 use retcd_api::peerpb::MembersRequest;
 use retcd_api::peerpb::peer_client::PeerClient;
 use retcd_api::peerpb::peer_server::PeerServer;
@@ -69,9 +68,10 @@ impl Server {
         let mut cluster_id = ids::cluster_id(&member_ids);
         let layout = DataLayout::new(&config.data_dir());
         let has_wal = layout.wal_dir.exists();
+        let dialer = Dialer::new(None);
         let bootstrap = if config.initial_cluster_state == "existing" && !has_wal {
             let (cid, membership, id) =
-                fetch_membership(&members, &config.initial_advertise_peer_urls).await?;
+                fetch_membership(&dialer, &members, &config.initial_advertise_peer_urls).await?;
             cluster_id = cid;
             member_id = id;
             Bootstrap::Existing { membership }
@@ -93,13 +93,22 @@ impl Server {
         };
         // Bind first, as etcd does: a port in use fails the start before the data
         // directory is touched. Connections wait in the backlog until serving starts.
-        let listeners = bind_all(config.client_listen_urls()?).await?;
-        let peer_listeners = bind_all(config.peer_listen_urls()?).await?;
+        let listeners = bind_all(&config.listen_client_urls).await?;
+        let peer_listeners = bind_all(&config.listen_peer_urls).await?;
         let metrics = Arc::new(Metrics::default());
         // Opening the backend and replaying the WAL block: off the reactor.
         let runtime = tokio::runtime::Handle::current();
+        let peer_dialer = dialer.clone();
+        let transport_metrics = metrics.clone();
         let transport = move |member, cluster, events| -> Box<dyn node::Network> {
-            Box::new(Transport::new(runtime, member, cluster, events))
+            Box::new(Transport::new(
+                runtime,
+                member,
+                cluster,
+                events,
+                peer_dialer,
+                transport_metrics,
+            ))
         };
         let node = tokio::task::spawn_blocking(move || node::start(node_cfg, metrics, transport))
             .await
@@ -116,40 +125,51 @@ impl Server {
                 config.election_ticks(),
             ),
         };
+        let grpc_metrics = node.metrics.grpc.clone();
         let router = http::add_routes(
             grpc::router(&node, limits),
             Arc::new(HttpState { node: node.clone() }),
-        );
+        )
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::metrics::grpc::track(grpc_metrics.clone(), req, next)
+        }));
 
         let (stop_accepting, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
+        let http2 = Http2Settings::default();
+        let serve = |router: &axum::Router, tls: Option<Arc<ServerTls>>, kind| listen::Serve {
+            router: router.clone(),
+            tls,
+            http2,
+            stop: stop_rx.clone(),
+            graceful: graceful.clone(),
+            kind,
+        };
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
-        for (url, listener) in listeners {
-            let local = listener.local_addr()?;
-            tracing::info!(url = %url, address = %local, "serving client traffic (gRPC and HTTP)");
-            addrs.push(local);
-            accept_tasks.push(tokio::spawn(accept_loop(
-                listener,
-                router.clone(),
-                stop_rx.clone(),
-                graceful.clone(),
+        for (addr, bound) in listeners {
+            tracing::info!(url = %addr.url, address = ?bound.local_addr(), "serving client traffic (gRPC and HTTP)");
+            addrs.extend(bound.local_addr());
+            accept_tasks.push(tokio::spawn(listen::serve(
+                bound,
+                serve(&router, None, "client"),
             )));
         }
         let peer_router = tonic::service::Routes::new(
-            PeerServer::new(PeerService::new(node.handle.clone(), node.status.clone()))
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+            PeerServer::new(PeerService::new(
+                node.handle.clone(),
+                node.status.clone(),
+                node.metrics.clone(),
+            ))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
         )
         .into_axum_router();
-        for (url, listener) in peer_listeners {
-            let local = listener.local_addr()?;
-            tracing::info!(url = %url, address = %local, "serving peer traffic");
-            accept_tasks.push(tokio::spawn(accept_loop(
-                listener,
-                peer_router.clone(),
-                stop_rx.clone(),
-                graceful.clone(),
+        for (addr, bound) in peer_listeners {
+            tracing::info!(url = %addr.url, address = ?bound.local_addr(), "serving peer traffic");
+            accept_tasks.push(tokio::spawn(listen::serve(
+                bound,
+                serve(&peer_router, None, "peer"),
             )));
         }
         tokio::spawn(publish_attributes(
@@ -224,6 +244,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// for the cluster id and membership, and finds this member in it by its peer URLs
 /// (`member add` chose its id), as etcd does.
 async fn fetch_membership(
+    dialer: &Dialer,
     members: &[Member],
     my_peer_urls: &[String],
 ) -> anyhow::Result<(ids::ClusterId, Membership, ids::MemberId)> {
@@ -237,7 +258,7 @@ async fn fetch_membership(
             urls.sort();
             urls != mine
         }) {
-            let channel = match crate::peer::transport::connect(&m.peer_urls).await {
+            let channel = match dialer.connect(&m.peer_urls).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;
@@ -333,76 +354,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 /// Binds every URL, in order; the first failure names its URL.
-async fn bind_all(
-    urls: Vec<crate::config::ListenUrl>,
-) -> anyhow::Result<Vec<(String, TcpListener)>> {
+async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(ListenAddr, Bound)>> {
     let mut listeners = Vec::new();
     for url in urls {
-        let addr = resolve(&url.host_port).await?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", url.url))?;
-        listeners.push((url.url, listener));
+        let addr = ListenAddr::parse(url).map_err(anyhow::Error::msg)?;
+        let bound = listen::bind(&addr).await?;
+        listeners.push((addr, bound));
     }
     Ok(listeners)
-}
-
-/// Resolves `host:port`; like etcd, a name that resolves to several addresses listens on
-/// the first IPv4 one (`localhost` -> 127.0.0.1).
-async fn resolve(host_port: &str) -> anyhow::Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
-        .await
-        .with_context(|| format!("cannot resolve {host_port}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .with_context(|| format!("{host_port} resolves to no address"))
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
-) {
-    let mut builder = Builder::new(TokioExecutor::new());
-    // etcd does not limit concurrent streams per connection; proposals are bounded by
-    // the raft loop's input queue instead.
-    builder
-        .http2()
-        .max_concurrent_streams(u32::MAX)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of descriptors and the like: back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
-        };
-        let _ = stream.set_nodelay(true);
-        tracing::debug!(%peer, "client connected");
-        let svc = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(crate::authority::AuthorityFix::new(stream)),
-                svc,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        });
-    }
 }

@@ -452,6 +452,37 @@ async fn five_members_start_and_serve() {
     }
 }
 
+// Goal: etcd's peer network metrics on the leader: bytes sent to and received from each
+// follower, and the round trip of the probes on each connection, labelled by member id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_metrics_have_etcds_names() {
+    let cluster = blocking(|| Cluster::start(spec(3).proxied_peers(false))).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let mut c = cluster.client(leader).await.unwrap();
+    c.put("peer", "metrics", None).await.unwrap();
+    let mut followers = Vec::new();
+    for i in (0..3).filter(|&i| i != leader) {
+        followers.push(member_id(&mut cluster.client(i).await.unwrap()).await);
+    }
+    let url = cluster.client_url(leader);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    eventually("every follower measured", Duration::from_secs(20), || {
+        let followers = followers.clone();
+        async move {
+            followers.iter().all(|id| {
+                let m = |family: &str, label: &str| {
+                    common::metric(port, &format!("{family}{{{label}=\"{id:x}\"}}"))
+                        .is_some_and(|v| v > 0.0)
+                };
+                m("etcd_network_peer_sent_bytes_total", "To")
+                    && m("etcd_network_peer_received_bytes_total", "From")
+                    && m("etcd_network_peer_round_trip_time_seconds_count", "To")
+            })
+        }
+    })
+    .await;
+}
+
 // Goal: many linearizable reads at once on every member all succeed. (ReadIndex
 // contexts must be unique in the cluster: when each member numbered its own from 1, the
 // leader confused followers' requests and some reads waited until their timeout.)

@@ -6,6 +6,7 @@
 //! - [`cluster`]: process launcher and member control (SIGKILL, SIGSTOP/SIGCONT, restart).
 //! - [`etcd_bin`]: finds etcd's own binaries for the differential tests; skips without
 //!   them, fails under `CI=true`.
+//! - [`pki`]: certificates for TLS tests (CAs, leaves good and bad, CRLs), made in Rust.
 //! - [`proxy`]: TCP proxy with blackhole, delay and loss, per source member.
 //! - [`history`]: operations with call and return times, as a recording client logs them.
 //! - [`linearizability`]: a Wing-Gong style checker for key-value histories.
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod etcd_bin;
 pub mod history;
 pub mod linearizability;
+pub mod pki;
 pub mod proxy;
 pub mod watch_checker;
 pub mod watch_recorder;

@@ -205,7 +205,10 @@ impl ClusterService {
             .get(MemberId(leader))
             .map(|m| m.client_urls.clone())
             .unwrap_or_default();
-        let channel = crate::peer::transport::connect(&urls)
+        // The leader's client URLs, dialed in the clear: promotion is forwarded only
+        // between members with plaintext client URLs for now.
+        let channel = crate::peer::dial::Dialer::default()
+            .connect(&urls)
             .await
             .map_err(|_| RequestError::from(EtcdError::NoLeader))?;
         match ClusterClient::new(channel).member_promote(req).await {

@@ -2,9 +2,11 @@
 //!
 //! - [`codec`]: Raft's types to and from protobuf.
 //! - [`transport`]: the sending side (a task per peer, snapshots).
+//! - [`dial`]: connections to a peer, in the clear or over TLS.
 //! - [`service`]: the receiving side, which checks the cluster id and the sender and
 //!   hands messages to the raft loop.
 
 pub mod codec;
+pub mod dial;
 pub mod service;
 pub mod transport;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use retcd_api::peerpb::peer_server::Peer;
 use retcd_api::peerpb::{
-    MembersRequest, MembersResponse, MessageBatch, SnapshotChunk, SnapshotDone, StreamDone,
+    MembersRequest, MembersResponse, MessageBatch, ProbeRequest, ProbeResponse, SnapshotChunk,
+    SnapshotDone, StreamDone,
 };
 use retcd_raft::MessageType;
 use tokio::io::AsyncWriteExt as _;
@@ -13,16 +14,22 @@ use tonic::{Request, Response, Status, Streaming};
 use super::codec::decode_message;
 use super::transport::{CLUSTER_ID_HEADER, FROM_HEADER};
 use crate::ids::MemberId;
+use crate::metrics::Metrics;
 use crate::node::{NodeHandle, NodeStatus, snapshot_image_path};
 
 pub struct PeerService {
     handle: Arc<NodeHandle>,
     status: Arc<NodeStatus>,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerService {
-    pub fn new(handle: Arc<NodeHandle>, status: Arc<NodeStatus>) -> Self {
-        PeerService { handle, status }
+    pub fn new(handle: Arc<NodeHandle>, status: Arc<NodeStatus>, metrics: Arc<Metrics>) -> Self {
+        PeerService {
+            handle,
+            status,
+            metrics,
+        }
     }
 
     /// Refuses calls from another cluster and from removed members; returns the sender.
@@ -77,6 +84,9 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.refuse_removed(from)?;
+            self.metrics
+                .peer
+                .received(from.0, prost::Message::encoded_len(&batch) as u64);
             for m in batch.messages {
                 let m = decode_message(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 if m.from != from.0 || m.to != local.0 {
@@ -155,5 +165,13 @@ impl Peer for PeerService {
             members: m.members.values().map(|x| x.to_proto()).collect(),
             removed: m.removed.iter().map(|id| id.0).collect(),
         }))
+    }
+
+    async fn probe(
+        &self,
+        request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
+        self.check(&request)?;
+        Ok(Response::new(ProbeResponse {}))
     }
 }

@@ -25,10 +25,12 @@ use retcd_api::peerpb::{self, peer_client::PeerClient};
 use retcd_raft::Message;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec::encode_message;
+use super::dial::Dialer;
 use crate::ids::{ClusterId, MemberId};
+use crate::metrics::Metrics;
 use crate::node::{Network, NetworkEvent};
 
 /// Messages queued for one peer at most; beyond, messages are dropped as unreachable.
@@ -37,9 +39,8 @@ const PEER_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often each connection is probed for its round trip time (etcd: every 5 s).
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes of snapshot image per chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Metadata keys every peer call carries.
@@ -59,6 +60,8 @@ pub struct Transport {
     cluster: ClusterId,
     peers: Mutex<HashMap<MemberId, PeerHandle>>,
     events: StdSender<NetworkEvent>,
+    dialer: Dialer,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Transport {
@@ -67,6 +70,8 @@ impl Transport {
         local: MemberId,
         cluster: ClusterId,
         events: StdSender<NetworkEvent>,
+        dialer: Dialer,
+        metrics: std::sync::Arc<Metrics>,
     ) -> Transport {
         Transport {
             runtime,
@@ -74,6 +79,8 @@ impl Transport {
             cluster,
             peers: Mutex::new(HashMap::new()),
             events,
+            dialer,
+            metrics,
         }
     }
 
@@ -111,6 +118,8 @@ impl Transport {
                 urls: urls_rx,
                 queue: rx,
                 events: self.events.clone(),
+                dialer: self.dialer.clone(),
+                metrics: self.metrics.clone(),
             }));
             map.insert(
                 *id,
@@ -151,8 +160,9 @@ impl Transport {
             .unwrap_or_default();
         let events = self.events.clone();
         let (local, cluster) = (self.local, self.cluster);
+        let dialer = self.dialer.clone();
         self.runtime.spawn(async move {
-            let result = send_snapshot(local, cluster, &urls, &message, &image).await;
+            let result = send_snapshot(&dialer, local, cluster, &urls, &message, &image).await;
             let _ = tokio::fs::remove_file(&image).await;
             match &result {
                 Ok(bytes) => tracing::info!(to = %to, bytes, index = message.snapshot.as_ref().map_or(0, |s| s.metadata.index), "sent snapshot"),
@@ -179,30 +189,6 @@ fn add_headers<T>(req: &mut tonic::Request<T>, local: MemberId, cluster: Cluster
     }
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
-}
-
-/// Connects to the first of `urls` that answers.
-pub async fn connect(urls: &[String]) -> Result<Channel, String> {
-    let mut last = "no peer URLs".to_string();
-    for url in urls {
-        match endpoint(url) {
-            Ok(ep) => match ep.connect().await {
-                Ok(ch) => return Ok(ch),
-                Err(e) => last = format!("{url}: {e}"),
-            },
-            Err(e) => last = format!("{url}: {e}"),
-        }
-    }
-    Err(last)
-}
-
 struct PeerTask {
     peer: MemberId,
     local: MemberId,
@@ -210,6 +196,8 @@ struct PeerTask {
     urls: watch::Receiver<Vec<String>>,
     queue: mpsc::Receiver<Message>,
     events: StdSender<NetworkEvent>,
+    dialer: Dialer,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 async fn peer_task(mut t: PeerTask) {
@@ -217,7 +205,7 @@ async fn peer_task(mut t: PeerTask) {
     let mut reported = false;
     loop {
         let urls = t.urls.borrow_and_update().clone();
-        match connect(&urls).await {
+        match t.dialer.connect(&urls).await {
             Ok(channel) => {
                 tracing::debug!(peer = %t.peer, "connected to peer");
                 let sent_any = stream_to(&mut t, channel).await;
@@ -237,6 +225,7 @@ async fn peer_task(mut t: PeerTask) {
             }
         }
         let _ = t.events.send(NetworkEvent::Unreachable(t.peer));
+        t.metrics.peer.send_failed(t.peer.0);
         // While disconnected, queued messages are stale by the time we reconnect;
         // Raft resends what matters.
         let deadline = tokio::time::Instant::now() + backoff;
@@ -259,10 +248,23 @@ async fn stream_to(t: &mut PeerTask, channel: Channel) -> bool {
     let mut client = PeerClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
+    let mut prober = client.clone();
     let mut call = Box::pin(async move { client.stream(req).await });
     let mut sent_any = false;
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = probe.tick() => {
+                // The stream call is not held up: a probe that does not come back
+                // within the interval is simply not counted.
+                let started = tokio::time::Instant::now();
+                let mut req = tonic::Request::new(peerpb::ProbeRequest {});
+                add_headers(&mut req, t.local, t.cluster);
+                if tokio::time::timeout(PROBE_INTERVAL, prober.probe(req)).await.is_ok_and(|r| r.is_ok()) {
+                    t.metrics.peer.round_trip(t.peer.0, started.elapsed());
+                }
+            }
             m = t.queue.recv() => {
                 let Some(m) = m else { return sent_any };
                 let mut batch = vec![encode_message(&m)];
@@ -272,9 +274,13 @@ async fn stream_to(t: &mut PeerTask, channel: Channel) -> bool {
                         Err(_) => break,
                     }
                 }
-                if tx.send(peerpb::MessageBatch { messages: batch }).await.is_err() {
+                let batch = peerpb::MessageBatch { messages: batch };
+                let bytes = prost::Message::encoded_len(&batch) as u64;
+                if tx.send(batch).await.is_err() {
+                    t.metrics.peer.send_failed(t.peer.0);
                     return sent_any;
                 }
+                t.metrics.peer.sent(t.peer.0, bytes);
                 sent_any = true;
             }
             result = &mut call => {
@@ -299,13 +305,14 @@ async fn stream_to(t: &mut PeerTask, channel: Channel) -> bool {
 }
 
 async fn send_snapshot(
+    dialer: &Dialer,
     local: MemberId,
     cluster: ClusterId,
     urls: &[String],
     message: &Message,
     image: &PathBuf,
 ) -> Result<u64, String> {
-    let channel = connect(urls).await?;
+    let channel = dialer.connect(urls).await?;
     let mut file = tokio::fs::File::open(image)
         .await
         .map_err(|e| format!("open {}: {e}", image.display()))?;

@@ -9,7 +9,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::SERVER_VERSION;
+use crate::config::{CLUSTER_VERSION, SERVER_VERSION};
+
+pub mod grpc;
+pub mod peer;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -110,10 +113,22 @@ pub struct Metrics {
     pub mvcc_txn: Counter,
     pub health_success: Counter,
     pub health_failures: Counter,
+    /// The gRPC server families (`grpc_server_*`).
+    pub grpc: std::sync::Arc<grpc::GrpcMetrics>,
+    /// The peer network families (`etcd_network_peer_*`).
+    pub peer: peer::PeerMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(false)
+    }
+}
+
+impl Metrics {
+    /// Every family at zero; `extensive` (`--metrics extensive`) adds the gRPC latency
+    /// histograms.
+    pub fn new(extensive: bool) -> Self {
         Metrics {
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
@@ -131,6 +146,8 @@ impl Default for Metrics {
             mvcc_txn: Counter::default(),
             health_success: Counter::default(),
             health_failures: Counter::default(),
+            grpc: std::sync::Arc::new(grpc::GrpcMetrics::new(extensive)),
+            peer: peer::PeerMetrics::default(),
         }
     }
 }
@@ -138,6 +155,9 @@ impl Default for Metrics {
 /// Values read at scrape time rather than kept in the registry.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ScrapeValues {
+    /// This member's id.
+    pub server_id: u64,
+    pub is_learner: bool,
     pub db_total_size_bytes: i64,
     pub db_total_size_in_use_bytes: i64,
     pub quota_backend_bytes: i64,
@@ -162,16 +182,29 @@ fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     family(out, name, "histogram", help);
+    histogram_samples(out, name, "", h);
+}
+
+/// A histogram's samples; `labels` (`a="x",b="y"`) go before `le`.
+fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (open, sep, close) = if labels.is_empty() {
+        ("", "", "")
+    } else {
+        ("{", ",", "}")
+    };
     let mut cumulative = 0u64;
     for (bound, bucket) in h.bounds.iter().zip(&h.buckets) {
         cumulative += bucket.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+        );
     }
     let count = h.count.load(Ordering::Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
     let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-    let _ = writeln!(out, "{name}_sum {sum}");
-    let _ = writeln!(out, "{name}_count {count}");
+    let _ = writeln!(out, "{name}_sum{open}{labels}{close} {sum}");
+    let _ = writeln!(out, "{name}_count{open}{labels}{close} {count}");
 }
 
 impl Metrics {
@@ -198,7 +231,29 @@ impl Metrics {
             "etcd_server_is_learner",
             "gauge",
             "Whether or not this member is a learner. 1 if is, 0 otherwise.",
-            0,
+            i32::from(scrape.is_learner),
+        );
+        family(
+            o,
+            "etcd_server_id",
+            "gauge",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+        );
+        let _ = writeln!(
+            o,
+            "etcd_server_id{{server_id=\"{:x}\"}} 1",
+            scrape.server_id
+        );
+        family(
+            o,
+            "etcd_cluster_version",
+            "gauge",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        );
+        let _ = writeln!(
+            o,
+            "etcd_cluster_version{{cluster_version=\"{}\"}} 1",
+            cluster_version_label()
         );
         sample(
             o,
@@ -375,6 +430,8 @@ impl Metrics {
             "The latency distribution of backend defragmentation.",
             &self.backend_defrag_duration,
         );
+        self.grpc.render(o);
+        self.peer.render(o);
         let process = process_stats();
         sample(
             o,
@@ -392,6 +449,13 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The cluster version as etcd labels it: major.minor (`3.5`).
+fn cluster_version_label() -> &'static str {
+    CLUSTER_VERSION
+        .rsplit_once('.')
+        .map_or(CLUSTER_VERSION, |(major_minor, _)| major_minor)
 }
 
 #[derive(Clone, Copy, Debug, Default)]
