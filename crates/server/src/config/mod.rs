@@ -1,16 +1,47 @@
-//! Command-line flags and `ETCD_*` environment variables, with etcd's names and defaults.
+//! A member's configuration, read exactly as etcd reads its own.
 //!
-//! A flag given on the command line wins over its environment variable, which wins over
-//! the default, as in etcd. Go's flag package also accepts a single leading dash
-//! (`-name x`), and etcd's users and scripts rely on it, so [`Config::parse_from_args`]
-//! accepts both spellings. Flags etcd has and retcd does not implement yet are refused
-//! with an error that names them, rather than silently ignored: an operator who asked for
-//! TLS or auto-compaction must not get a server without it.
+//! retcd starts wherever etcd is deployed, so it takes etcd's configuration as etcd takes
+//! it: the same flags, parsed by the rules of Go's `flag` package (`-x` and `--x`,
+//! `--x=v` and `--x v`, bools only as `--x` or `--x=false`, Go's integer and duration
+//! syntaxes); then, unless a config file is in use, every `ETCD_*` environment variable
+//! (a flag given both ways is fatal, an unknown variable a warning); or, with
+//! `--config-file`, etcd's YAML file alone. Syntax errors exit 2 and validation errors
+//! exit 1, as etcd's.
+//!
+//! Every flag of etcd 3.4 and 3.5 (plus the two etcd 3.6 flags current kubeadm passes)
+//! is one row of the table in `flags.rs`, and each row says what retcd does with it:
+//! - **acted on**: parsed into a typed field of [`Config`];
+//! - **accepted**: retcd always behaves as the flag asks, whatever its value (say,
+//!   `--experimental-enable-lease-checkpoint`: retcd replicates keep-alives, so leases
+//!   keep their remaining TTL across leader changes anyway);
+//! - **ignored, as etcd ignores it**: the 15 legacy flags, with etcd 3.4's warning;
+//! - **refused**: etcd has it and retcd does not, so any value but etcd's default is an
+//!   error that names the flag and how it was given (flag, variable or file key). An
+//!   operator who asked for something must never get a server without it.
+//!
+//! `--help` is generated from the table. Warnings found while parsing (ignored flags,
+//! unknown variables, unknown file keys) come back in [`Parsed::notices`], for the
+//! caller to log once its logger (whose level is part of the configuration) is set up.
+//!
+//! Files: `value.rs` (Go's value syntaxes), `flags.rs` (the table, and what applying a
+//! value does), `parse.rs` (argv, environment, precedence, `--help`), `yaml.rs` (the
+//! config file), `validate.rs` (etcd's checks on the result).
+
+mod flags;
+mod parse;
+mod validate;
+mod value;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+pub use flags::{Disposition, FLAGS, Flag};
+pub use parse::{Command, Parsed, help, load, parse};
+pub use value::{parse_go_duration, parse_go_duration_nanos};
 
 /// The API version retcd reports on `/version` and in `StatusResponse.version`: retcd
 /// speaks etcd 3.5's API.
@@ -19,248 +50,294 @@ pub const SERVER_VERSION: &str = "3.5.17";
 pub const CLUSTER_VERSION: &str = "3.5.0";
 /// etcd's backend quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// etcd's `--initial-cluster` default, rewritten from `--name` when only that is given.
+pub const DEFAULT_INITIAL_CLUSTER: &str = "default=http://localhost:2380";
 
-/// etcd flags retcd does not implement yet. Giving one is an error that names it.
-const UNSUPPORTED_FLAGS: &[&str] = &[
-    "config-file",
-    "auto-compaction-mode",
-    "auto-compaction-retention",
-    "cert-file",
-    "key-file",
-    "client-cert-auth",
-    "client-crl-file",
-    "trusted-ca-file",
-    "auto-tls",
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-client-cert-auth",
-    "peer-trusted-ca-file",
-    "peer-auto-tls",
-    "discovery",
-    "discovery-srv",
-    "discovery-fallback",
-    "discovery-proxy",
-    "proxy",
-    "enable-v2",
-    "enable-pprof",
-    "listen-metrics-urls",
-    "listen-client-http-urls",
-    "wal-dir",
-    "max-snapshots",
-    "max-wals",
-    "auth-token",
-    "cors",
-    "force-new-cluster",
-    "strict-reconfig-check",
-];
+/// One side's TLS settings (client: `--cert-file` ...; peer: `--peer-cert-file` ...).
+/// Files are not opened here: a path that does not exist fails at server start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA bundle that verifies the other side's certificates.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify the other side's certificate.
+    pub client_cert_auth: bool,
+    pub crl_file: Option<PathBuf>,
+    /// Generate a self-signed certificate in `<data-dir>/fixtures/{client,peer}`.
+    pub auto_tls: bool,
+    /// Certificate common names allowed (peers only, or the YAML file's client block).
+    pub allowed_cn: Vec<String>,
+    /// SAN host names a certificate must carry to be allowed.
+    pub allowed_hostname: Vec<String>,
+    /// The certificate this member presents when it dials (defaults to `cert_file`).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
 
-/// What a retcd member is told at start: etcd's flags (`--name`, ...) or their `ETCD_*`
-/// environment variables.
-#[derive(Clone, Debug, Parser)]
-#[command(
-    name = "retcd",
-    version = SERVER_VERSION,
-    about = "An etcd-compatible key-value store",
-    disable_help_subcommand = true
-)]
+/// What a retcd member is told at start, with etcd's defaults (etcd 3.5's where 3.4's
+/// differ). Every limit has etcd's default; durations are `Duration`s, counts of
+/// milliseconds end in `_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Human-readable name of this member.
-    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    /// Human-readable name of this member (`--name`).
     pub name: String,
-
-    /// Path to the data directory; default `${name}.etcd`.
-    #[arg(long = "data-dir", env = "ETCD_DATA_DIR")]
+    /// `--data-dir`; `None` means `${name}.etcd`, see [`Config::data_dir`].
     pub data_dir: Option<PathBuf>,
-
-    /// URLs to listen on for client traffic (gRPC and HTTP on the same port).
-    #[arg(
-        long = "listen-client-urls",
-        env = "ETCD_LISTEN_CLIENT_URLS",
-        default_value = "http://localhost:2379",
-        value_delimiter = ','
-    )]
-    pub listen_client_urls: Vec<String>,
-
-    /// This member's client URLs to advertise to the rest of the cluster.
-    #[arg(
-        long = "advertise-client-urls",
-        env = "ETCD_ADVERTISE_CLIENT_URLS",
-        default_value = "http://localhost:2379",
-        value_delimiter = ','
-    )]
-    pub advertise_client_urls: Vec<String>,
-
-    /// URLs to listen on for peer traffic (the member-to-member protocol).
-    #[arg(
-        long = "listen-peer-urls",
-        env = "ETCD_LISTEN_PEER_URLS",
-        default_value = "http://localhost:2380",
-        value_delimiter = ','
-    )]
-    pub listen_peer_urls: Vec<String>,
-
-    /// This member's peer URLs to advertise; they determine the member id.
-    #[arg(
-        long = "initial-advertise-peer-urls",
-        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
-        default_value = "http://localhost:2380",
-        value_delimiter = ','
-    )]
-    pub initial_advertise_peer_urls: Vec<String>,
-
-    /// Initial cluster configuration for bootstrapping (`name=url,...`); default
-    /// `${name}=${initial-advertise-peer-urls}`.
-    #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
-    pub initial_cluster: Option<String>,
-
-    /// `new` to bootstrap a new cluster; `existing` to join a running one that already
-    /// added this member (`member add`).
-    #[arg(
-        long = "initial-cluster-state",
-        env = "ETCD_INITIAL_CLUSTER_STATE",
-        default_value = "new"
-    )]
-    pub initial_cluster_state: String,
-
-    /// Token that makes member and cluster ids unique per cluster.
-    #[arg(
-        long = "initial-cluster-token",
-        env = "ETCD_INITIAL_CLUSTER_TOKEN",
-        default_value = "etcd-cluster"
-    )]
-    pub initial_cluster_token: String,
-
-    /// Applied entries between two Raft snapshots (after which the log is compacted).
-    #[arg(
-        long = "snapshot-count",
-        env = "ETCD_SNAPSHOT_COUNT",
-        default_value_t = 100_000
-    )]
+    /// `--wal-dir`: a dedicated WAL directory; `None` means `<data-dir>/member/wal`.
+    pub wal_dir: Option<PathBuf>,
+    /// Applied entries between two Raft snapshots (`--snapshot-count`; 0 means 100,000).
     pub snapshot_count: u64,
-
-    /// Time (in milliseconds) of a heartbeat interval: one Raft tick.
-    #[arg(
-        long = "heartbeat-interval",
-        env = "ETCD_HEARTBEAT_INTERVAL",
-        default_value_t = 100
-    )]
+    /// Raft entries kept after a snapshot for slow followers
+    /// (`--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
+    /// Snapshot files kept (`--max-snapshots`; 0 = unlimited).
+    pub max_snapshots: u64,
+    /// WAL files kept (`--max-wals`; 0 = unlimited).
+    pub max_wals: u64,
+    /// One Raft tick (`--heartbeat-interval`).
     pub heartbeat_interval_ms: u64,
-
-    /// Time (in milliseconds) for an election to time out.
-    #[arg(
-        long = "election-timeout",
-        env = "ETCD_ELECTION_TIMEOUT",
-        default_value_t = 1000
-    )]
+    /// `--election-timeout`; at least 5 heartbeats, at most 50,000 ms.
     pub election_timeout_ms: u64,
-
-    /// Raise the NOSPACE alarm when the backend size would reach this (0 = etcd's 2 GiB);
-    /// writes that grow the store are then refused until the alarm is disarmed.
-    #[arg(
-        long = "quota-backend-bytes",
-        env = "ETCD_QUOTA_BACKEND_BYTES",
-        default_value_t = 0
-    )]
-    pub quota_backend_bytes: u64,
-
-    /// Largest client request the server accepts, in bytes.
-    #[arg(
-        long = "max-request-bytes",
-        env = "ETCD_MAX_REQUEST_BYTES",
-        default_value_t = 1_572_864
-    )]
+    /// `--quota-backend-bytes`: 0 means etcd's 2 GiB, a negative value no quota at all.
+    pub quota_backend_bytes: i64,
+    /// Longest time between two backend commits (`--backend-batch-interval`; 0 = 100ms).
+    pub backend_batch_interval: Duration,
+    /// Most applied entries in one backend commit (`--backend-batch-limit`; 0 = 10,000).
+    pub backend_batch_limit: u64,
+    /// Largest client request, in bytes (`--max-request-bytes`).
     pub max_request_bytes: u64,
-
-    /// Most operations in one transaction (per branch, nested ones included).
-    #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    /// Most operations in one transaction (`--max-txn-ops`).
     pub max_txn_ops: u64,
-
-    /// Log level: debug, info, warn, error, panic or fatal.
-    #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-
-    /// Logger kind; only etcd 3.5's `zap` (structured logs to stderr) is accepted.
-    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
-    pub logger: String,
-
-    /// Pre-vote before an election, so a rejoining member cannot disrupt a healthy
-    /// leader (etcd 3.5's default: true).
-    #[arg(
-        long = "pre-vote",
-        env = "ETCD_PRE_VOTE",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
+    /// gRPC streams per client connection (`--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// Shortest interval a client may ping at (`--grpc-keepalive-min-time`).
+    pub grpc_keepalive_min_time: Duration,
+    /// Server-to-client ping interval; zero disables (`--grpc-keepalive-interval`).
+    pub grpc_keepalive_interval: Duration,
+    /// Wait for a ping's answer before closing; zero disables (`--grpc-keepalive-timeout`).
+    pub grpc_keepalive_timeout: Duration,
+    /// URLs to serve clients on, gRPC and HTTP on one port (`--listen-client-urls`).
+    pub listen_client_urls: Vec<String>,
+    /// HTTP-only client listeners; with them, `listen_client_urls` serve gRPC only
+    /// (`--listen-client-http-urls`).
+    pub listen_client_http_urls: Vec<String>,
+    /// This member's client URLs as published to the cluster (`--advertise-client-urls`).
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to serve peers on (`--listen-peer-urls`).
+    pub listen_peer_urls: Vec<String>,
+    /// This member's peer URLs; they determine the member id
+    /// (`--initial-advertise-peer-urls`).
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Extra listeners for `/metrics` and the health endpoints (`--listen-metrics-urls`).
+    pub listen_metrics_urls: Vec<String>,
+    /// The bootstrap membership, `name=url,...` (`--initial-cluster`); see
+    /// [`Config::initial_cluster_members`].
+    pub initial_cluster: String,
+    /// `new` bootstraps a cluster; `existing` joins one that added this member.
+    pub initial_cluster_state: String,
+    /// Mixed into member and cluster ids (`--initial-cluster-token`).
+    pub initial_cluster_token: String,
+    /// Refuse membership changes that would cost the quorum (`--strict-reconfig-check`).
+    pub strict_reconfig_check: bool,
+    /// Pre-vote before an election (`--pre-vote`; etcd 3.5's default, true).
     pub pre_vote: bool,
-
-    /// Period of the progress notifications sent to watchers that asked for them, as a Go
-    /// duration (`10m0s`, `500ms`); at least 100ms.
-    #[arg(
-        long = "experimental-watch-progress-notify-interval",
-        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
-        default_value = "10m0s",
-        value_parser = parse_go_duration
-    )]
+    /// `--auto-compaction-mode`: `periodic`, `revision`, or `""` (a config file's
+    /// default). Inert while `--auto-compaction-retention` is 0, as in etcd; retcd
+    /// refuses any other retention until it compacts by itself.
+    pub auto_compaction_mode: String,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`,
+    /// `--client-crl-file`, `--auto-tls`, `--client-cert-allowed-hostname`,
+    /// `--client-cert-file`, `--client-key-file`.
+    pub client_tls: TlsSettings,
+    /// The same for peers: `--peer-cert-file` ... `--peer-cert-allowed-cn`.
+    pub peer_tls: TlsSettings,
+    /// Validity of `--auto-tls` certificates, in years (`--self-signed-cert-validity`).
+    pub self_signed_cert_validity_years: u32,
+    /// Go names of the TLS cipher suites allowed; empty means Go's defaults.
+    pub cipher_suites: Vec<String>,
+    /// `--tls-min-version` as given (`TLS1.2` when absent).
+    pub tls_min_version: Option<String>,
+    /// `--tls-max-version` as given (the newest when absent).
+    pub tls_max_version: Option<String>,
+    /// Do not check a peer's client certificate SAN against its address.
+    pub experimental_peer_skip_client_san_verification: bool,
+    /// Serve the gRPC-gateway's JSON API (`/v3/...`) on client URLs.
+    pub enable_grpc_gateway: bool,
+    /// Allowed CORS origins for the HTTP endpoints (`*` = any).
+    pub cors: Vec<String>,
+    /// `Host` headers accepted on plain-HTTP requests (`*` = any).
+    pub host_whitelist: Vec<String>,
+    /// bcrypt cost of user passwords (`--bcrypt-cost`, 4 to 31).
+    pub bcrypt_cost: u32,
+    /// Token provider: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...`.
+    pub auth_token: String,
+    /// Lifetime of a simple token, in seconds (`--auth-token-ttl`).
+    pub auth_token_ttl: u64,
+    /// Logger kind; only etcd 3.5's `zap` (structured logs) is accepted.
+    pub logger: String,
+    /// Log level: debug, info, warn, error, dpanic, panic or fatal.
+    pub log_level: String,
+    /// Log sinks: `default` (stderr), `stderr`, `stdout`, `systemd/journal`, or files.
+    pub log_outputs: Vec<String>,
+    /// `--metrics=extensive`: add per-RPC latency histograms.
+    pub metrics_extensive: bool,
+    /// Compare this member's data with its peers' before serving
+    /// (`--experimental-initial-corrupt-check`, etcd 3.6's
+    /// `--feature-gates=InitialCorruptCheck=true`).
+    pub initial_corrupt_check: bool,
+    /// Period of the progress notifications sent to watchers that asked for them
+    /// (`--experimental-watch-progress-notify-interval`, etcd 3.6's
+    /// `--watch-progress-notify-interval`); a value that is not positive means 10m.
     pub watch_progress_notify_interval: Duration,
 }
 
-/// Experimental flags retcd implements (every other `--experimental-*` is refused).
-const SUPPORTED_EXPERIMENTAL_FLAGS: &[&str] = &["experimental-watch-progress-notify-interval"];
-
-/// Parses a Go `time.Duration` string: a sequence of decimal numbers with units `h`, `m`,
-/// `s`, `ms`, `us`/`µs`, `ns` (`1h30m`, `1.5s`, `100ms`), or `0`. Negative durations are
-/// refused.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("time: invalid duration {s:?}");
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("time: missing unit in duration {s:?}"))?;
-        if num_len == 0 {
-            return Err(bad());
+impl Default for Config {
+    /// etcd's defaults on the command-line path.
+    fn default() -> Config {
+        let urls = |u: &str| vec![u.to_string()];
+        Config {
+            name: "default".into(),
+            data_dir: None,
+            wal_dir: None,
+            snapshot_count: 100_000,
+            snapshot_catchup_entries: 5_000,
+            max_snapshots: 5,
+            max_wals: 5,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1_000,
+            quota_backend_bytes: 0,
+            backend_batch_interval: Duration::from_millis(100),
+            backend_batch_limit: 10_000,
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+            max_concurrent_streams: u32::MAX,
+            grpc_keepalive_min_time: Duration::from_secs(5),
+            grpc_keepalive_interval: Duration::from_secs(2 * 3600),
+            grpc_keepalive_timeout: Duration::from_secs(20),
+            listen_client_urls: urls("http://localhost:2379"),
+            listen_client_http_urls: Vec::new(),
+            advertise_client_urls: urls("http://localhost:2379"),
+            listen_peer_urls: urls("http://localhost:2380"),
+            initial_advertise_peer_urls: urls("http://localhost:2380"),
+            listen_metrics_urls: Vec::new(),
+            initial_cluster: DEFAULT_INITIAL_CLUSTER.into(),
+            initial_cluster_state: "new".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            strict_reconfig_check: true,
+            pre_vote: true,
+            auto_compaction_mode: "periodic".into(),
+            client_tls: TlsSettings::default(),
+            peer_tls: TlsSettings::default(),
+            self_signed_cert_validity_years: 1,
+            cipher_suites: Vec::new(),
+            tls_min_version: None,
+            tls_max_version: None,
+            experimental_peer_skip_client_san_verification: false,
+            enable_grpc_gateway: true,
+            cors: urls("*"),
+            host_whitelist: urls("*"),
+            bcrypt_cost: 10,
+            auth_token: "simple".into(),
+            auth_token_ttl: 300,
+            logger: "zap".into(),
+            log_level: "info".into(),
+            log_outputs: urls("default"),
+            metrics_extensive: false,
+            initial_corrupt_check: false,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per = match &rest[..unit_len] {
-            "h" => 3_600e9,
-            "m" => 60e9,
-            "s" => 1e9,
-            "ms" => 1e6,
-            "us" | "µs" => 1e3,
-            "ns" => 1.0,
-            unit => return Err(format!("time: unknown unit {unit:?} in duration {s:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += value * nanos_per;
     }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(Duration::from_nanos(total as u64))
 }
 
-/// A configuration that cannot be served.
+/// How serious a parse-time notice is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// A setting retcd accepted and that needs no action.
+    Info,
+    /// A setting that does nothing (ignored legacy flags, unknown variables or keys).
+    Warn,
+}
+
+/// Something to log once the logger is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub level: Level,
+    pub message: String,
+}
+
+impl Notice {
+    pub fn info(message: impl Into<String>) -> Notice {
+        Notice {
+            level: Level::Info,
+            message: message.into(),
+        }
+    }
+
+    pub fn warn(message: impl Into<String>) -> Notice {
+        Notice {
+            level: Level::Warn,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    CommandLine,
+    Env(String),
+    File {
+        path: String,
+        key: String,
+    },
+    /// One gate of etcd 3.6's `--feature-gates`, itself given from `via`.
+    Gate(Box<Source>),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::CommandLine => write!(f, "on the command line"),
+            Source::Env(name) => write!(f, "as {name}"),
+            Source::File { path, key } => write!(f, "as key {key:?} in {path}"),
+            Source::Gate(via) => write!(f, "in --feature-gates {via}"),
+        }
+    }
+}
+
+/// A configuration that cannot be served. [`ConfigError::exit_code`] is etcd's.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("retcd does not support the etcd flag --{0} yet")]
-    Unsupported(String),
+    /// What Go's flag package refuses on the command line (an unknown flag, a value of
+    /// the wrong type): exit 2.
+    #[error("{0}")]
+    Syntax(String),
+    /// A setting etcd has and retcd does not: exit 1.
+    #[error("retcd does not support {flag} ({what}) yet: given {given}{}", accepted.as_ref().map(|a| format!("; only {a} is accepted")).unwrap_or_default())]
+    Unsupported {
+        /// `--discovery`, or `feature gate X`.
+        flag: String,
+        /// What the setting asks for, in a few words.
+        what: String,
+        /// How it was given ([`Source`]'s words).
+        given: String,
+        /// The values that are accepted (etcd's default), if any.
+        accepted: Option<String>,
+    },
+    /// etcd's validation, a bad environment variable or config file: exit 1.
     #[error("{0}")]
     Invalid(String),
-    #[error(transparent)]
-    Clap(#[from] clap::Error),
+}
+
+impl ConfigError {
+    /// etcd's exit code: 2 for flag syntax, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::Syntax(_) => 2,
+            ConfigError::Unsupported { .. } | ConfigError::Invalid(_) => 1,
+        }
+    }
 }
 
 /// A listen URL, resolved into what to bind.
@@ -272,110 +349,6 @@ pub struct ListenUrl {
 }
 
 impl Config {
-    /// Parses `args` (the first is the program name) and the process environment.
-    pub fn parse_from_args<I, T>(args: I) -> Result<Config, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString>,
-    {
-        let args: Vec<std::ffi::OsString> = args
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let a: std::ffi::OsString = a.into();
-                if i == 0 { a } else { normalize_dash(a) }
-            })
-            .collect();
-        for a in args.iter().skip(1) {
-            let Some(s) = a.to_str() else { continue };
-            let Some(flag) = s.strip_prefix("--") else {
-                continue;
-            };
-            let name = flag.split('=').next().unwrap_or(flag);
-            if UNSUPPORTED_FLAGS.contains(&name)
-                || (name.starts_with("experimental-")
-                    && !SUPPORTED_EXPERIMENTAL_FLAGS.contains(&name))
-                || name.starts_with("peer-")
-            {
-                return Err(ConfigError::Unsupported(name.to_string()));
-            }
-        }
-        let config = Config::try_parse_from(args)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks the values, with etcd's rules where etcd has one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |s: String| Err(ConfigError::Invalid(s));
-        if self.heartbeat_interval_ms == 0 {
-            return invalid("--heartbeat-interval must be greater than 0".into());
-        }
-        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
-            return invalid(format!(
-                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
-                self.election_timeout_ms, self.heartbeat_interval_ms
-            ));
-        }
-        if self.election_timeout_ms > 50_000 {
-            return invalid(format!(
-                "--election-timeout[{}ms] is too long, and should be set less than 50000ms",
-                self.election_timeout_ms
-            ));
-        }
-        if self.max_txn_ops == 0 {
-            return invalid("--max-txn-ops must be greater than 0".into());
-        }
-        if self.max_request_bytes == 0 || self.max_request_bytes > i32::MAX as u64 {
-            return invalid(format!(
-                "--max-request-bytes {} is out of range",
-                self.max_request_bytes
-            ));
-        }
-        if self.snapshot_count == 0 {
-            return invalid("--snapshot-count must be greater than 0".into());
-        }
-        if self.logger != "zap" {
-            return invalid(format!("unknown logger option {:?}", self.logger));
-        }
-        if self.log_filter().is_none() {
-            return invalid(format!("unknown log level {:?}", self.log_level));
-        }
-        match self.initial_cluster_state.as_str() {
-            "new" | "existing" => {}
-            other => {
-                return invalid(format!(
-                    "invalid value {other:?} for --initial-cluster-state (want \"new\" or \"existing\")"
-                ));
-            }
-        }
-        for url in &self.listen_client_urls {
-            parse_listen_url(url)?;
-        }
-        for url in &self.listen_peer_urls {
-            parse_listen_url(url)?;
-        }
-        let members = self.initial_cluster_members()?;
-        let Some((name, urls)) = members.iter().find(|(n, _)| n == &self.name) else {
-            return invalid(format!(
-                "couldn't find local name {:?} in the initial cluster configuration",
-                self.name
-            ));
-        };
-        let mut mine = self.initial_advertise_peer_urls.clone();
-        let mut theirs = urls.clone();
-        mine.sort();
-        theirs.sort();
-        if mine != theirs {
-            return invalid(format!(
-                "--initial-cluster has {name}={} but --initial-advertise-peer-urls has {}",
-                theirs.join(","),
-                mine.join(",")
-            ));
-        }
-        Ok(())
-    }
-
     /// The data directory: `--data-dir`, or `${name}.etcd`.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -383,33 +356,27 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
     }
 
-    /// Members of `--initial-cluster` as (name, peer URLs), in the order given.
+    /// Members of `--initial-cluster` as (name, sorted peer URLs), in the order of each
+    /// name's first appearance. etcd's rules (`types.NewURLsMap`): elements split on
+    /// commas, empty ones skipped; each split at its first `=` (an element without one
+    /// is a name with an empty URL, which fails); names kept as given (not trimmed), URLs
+    /// trimmed and checked as a URL list; a name may repeat to give several URLs.
     pub fn initial_cluster_members(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
-        let spec = match &self.initial_cluster {
-            Some(s) if !s.is_empty() => s.clone(),
-            _ => self
-                .initial_advertise_peer_urls
-                .iter()
-                .map(|u| format!("{}={u}", self.name))
-                .collect::<Vec<_>>()
-                .join(","),
-        };
         let mut members: Vec<(String, Vec<String>)> = Vec::new();
-        for part in spec.split(',') {
-            let Some((name, url)) = part.split_once('=') else {
-                return Err(ConfigError::Invalid(format!(
-                    "--initial-cluster entry {part:?} is not name=url"
-                )));
-            };
+        for part in self.initial_cluster.split(',').filter(|p| !p.is_empty()) {
+            let (name, url) = part.split_once('=').unwrap_or((part, ""));
             match members.iter_mut().find(|(n, _)| n == name) {
                 Some((_, urls)) => urls.push(url.to_string()),
                 None => members.push((name.to_string(), vec![url.to_string()])),
             }
         }
+        for (_, urls) in &mut members {
+            *urls = value::parse_urls(&urls.join(",")).map_err(ConfigError::Invalid)?;
+        }
         Ok(members)
     }
 
-    /// `--listen-client-urls`, parsed.
+    /// `--listen-peer-urls`, parsed for binding.
     pub fn peer_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
         self.listen_peer_urls
             .iter()
@@ -417,6 +384,7 @@ impl Config {
             .collect()
     }
 
+    /// `--listen-client-urls`, parsed for binding.
     pub fn client_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
         self.listen_client_urls
             .iter()
@@ -433,12 +401,13 @@ impl Config {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
 
-    /// `--quota-backend-bytes` with etcd's default (2 GiB) in place of 0.
+    /// `--quota-backend-bytes` as a limit: etcd's 2 GiB in place of 0, and no limit
+    /// (`u64::MAX`) for a negative value, as etcd.
     pub fn backend_quota(&self) -> u64 {
-        if self.quota_backend_bytes == 0 {
-            DEFAULT_QUOTA_BACKEND_BYTES
-        } else {
-            self.quota_backend_bytes
+        match u64::try_from(self.quota_backend_bytes) {
+            Ok(0) => DEFAULT_QUOTA_BACKEND_BYTES,
+            Ok(n) => n,
+            Err(_) => u64::MAX,
         }
     }
 
@@ -460,182 +429,33 @@ impl Config {
     }
 }
 
-/// Go's flag package takes `-flag` like `--flag`.
-fn normalize_dash(a: std::ffi::OsString) -> std::ffi::OsString {
-    match a.to_str() {
-        Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
-            format!("-{s}").into()
-        }
-        _ => a,
-    }
-}
-
+/// A URL to bind. Parsing accepted `https`, `unix` and `unixs` as etcd does; the
+/// listeners serve only `http` until TLS and unix sockets are wired into the server.
 fn parse_listen_url(url: &str) -> Result<ListenUrl, ConfigError> {
     let invalid = |why: &str| ConfigError::Invalid(format!("listen URL {url:?}: {why}"));
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| invalid("missing scheme"))?;
-    match scheme {
+    let parsed = value::GoUrl::parse(url).map_err(|e| invalid(&e))?;
+    match parsed.scheme.as_str() {
         "http" => {}
-        "https" | "unixs" => return Err(ConfigError::Unsupported(format!("TLS listener {url}"))),
+        "https" | "unixs" => {
+            return Err(ConfigError::Invalid(format!(
+                "retcd does not serve TLS listeners yet: {url}"
+            )));
+        }
         "unix" => {
-            return Err(ConfigError::Unsupported(format!(
-                "unix socket listener {url}"
+            return Err(ConfigError::Invalid(format!(
+                "retcd does not serve unix socket listeners yet: {url}"
             )));
         }
         _ => return Err(invalid("scheme must be http")),
     }
-    let host_port = rest.trim_end_matches('/');
-    if host_port.contains('/') {
+    if !parsed.path.is_empty() {
         return Err(invalid("a listen URL must not have a path"));
     }
-    let Some((host, port)) = host_port.rsplit_once(':') else {
-        return Err(invalid("missing port"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(invalid("want http://host:port"));
-    }
-    Ok(ListenUrl {
-        url: url.to_string(),
-        host_port: host_port.to_string(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        Config::parse_from_args(std::iter::once("retcd").chain(args.iter().copied()))
-    }
-
-    // Goal: Go duration syntax as etcd's flags take it, and the experimental flag we
-    // implement is accepted while the others stay refused.
-    #[test]
-    fn go_durations_and_the_progress_notify_flag() {
-        let ok = |s: &str| parse_go_duration(s).unwrap();
-        assert_eq!(ok("10m0s"), Duration::from_secs(600));
-        assert_eq!(ok("0"), Duration::ZERO);
-        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
-        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
-        assert_eq!(ok("100ms"), Duration::from_millis(100));
-        assert_eq!(ok("250us"), Duration::from_micros(250));
-        assert_eq!(ok("7ns"), Duration::from_nanos(7));
-        for bad in ["", "10", "s", "1x", "-1s", "1..2s"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
-        }
-        let c = parse(&[]).unwrap();
-        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(600));
-        let c = parse(&["--experimental-watch-progress-notify-interval", "200ms"]).unwrap();
-        assert_eq!(c.watch_progress_notify_interval, Duration::from_millis(200));
-        assert!(matches!(
-            parse(&["--experimental-initial-corrupt-check"]),
-            Err(ConfigError::Unsupported(_))
-        ));
-    }
-
-    // Goal: with no flags, every value is etcd's default (the environment of the test
-    // process sets no ETCD_* variable).
-    #[test]
-    fn defaults_are_etcds() {
-        let c = parse(&[]).unwrap();
-        assert_eq!(c.name, "default");
-        assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
-        assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
-        assert_eq!(c.advertise_client_urls, vec!["http://localhost:2379"]);
-        assert_eq!(c.initial_advertise_peer_urls, vec!["http://localhost:2380"]);
-        assert_eq!(c.initial_cluster_token, "etcd-cluster");
-        assert_eq!(c.max_request_bytes, 1_572_864);
-        assert_eq!(c.max_txn_ops, 128);
-        assert_eq!(c.snapshot_count, 100_000);
-        assert_eq!(c.heartbeat_interval_ms, 100);
-        assert_eq!(c.election_timeout_ms, 1000);
-        assert_eq!(c.election_ticks(), 10);
-        assert_eq!(c.log_level, "info");
-        assert_eq!(
-            c.initial_cluster_members().unwrap(),
-            vec![(
-                "default".to_string(),
-                vec!["http://localhost:2380".to_string()]
-            )]
-        );
-        assert_eq!(
-            c.client_listen_urls().unwrap(),
-            vec![ListenUrl {
-                url: "http://localhost:2379".into(),
-                host_port: "localhost:2379".into()
-            }]
-        );
-    }
-
-    // Goal: both Go-style single-dash flags and `--flag=value` work; the data dir follows
-    // the name.
-    #[test]
-    fn flags_in_both_spellings() {
-        let c = parse(&[
-            "-name",
-            "n1",
-            "--listen-client-urls=http://127.0.0.1:1,http://127.0.0.1:2",
-            "--max-txn-ops",
-            "7",
-        ])
-        .unwrap();
-        assert_eq!(c.name, "n1");
-        assert_eq!(c.data_dir(), PathBuf::from("n1.etcd"));
-        assert_eq!(c.listen_client_urls.len(), 2);
-        assert_eq!(c.max_txn_ops, 7);
-        assert_eq!(c.initial_cluster_members().unwrap()[0].0, "n1");
-    }
-
-    // Goal: etcd flags retcd lacks are refused by name, unknown flags are refused, and
-    // etcd's own validation rules apply.
-    #[test]
-    fn unsupported_and_invalid_flags_are_errors() {
-        let e = parse(&["--auto-compaction-retention", "1"]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "retcd does not support the etcd flag --auto-compaction-retention yet"
-        );
-        assert!(matches!(
-            parse(&["--cert-file=x"]),
-            Err(ConfigError::Unsupported(_))
-        ));
-        assert!(matches!(
-            parse(&["--no-such-flag"]),
-            Err(ConfigError::Clap(_))
-        ));
-        let e = parse(&["--election-timeout", "300"]).unwrap_err();
-        assert!(e.to_string().contains("at least as 5 times"), "{e}");
-        assert!(parse(&["--log-level", "loud"]).is_err());
-        assert!(parse(&["--listen-client-urls", "https://127.0.0.1:1"]).is_err());
-        assert!(parse(&["--listen-client-urls", "http://127.0.0.1"]).is_err());
-        // The local name must be in the initial cluster.
-        assert!(parse(&["--initial-cluster", "a=http://x:1,b=http://y:2"]).is_err());
-        assert!(parse(&["--initial-cluster-state", "bogus"]).is_err());
-    }
-
-    // Goal: a member of a three-member cluster, new or joining, parses.
-    #[test]
-    fn cluster_flags() {
-        let args = [
-            "--name",
-            "b",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2",
-            "--initial-cluster",
-            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3",
-        ];
-        let c = parse(&args).unwrap();
-        assert_eq!(c.initial_cluster_members().unwrap().len(), 3);
-        let mut joining = args.to_vec();
-        joining.extend(["--initial-cluster-state", "existing"]);
-        assert_eq!(parse(&joining).unwrap().initial_cluster_state, "existing");
-        assert!(c.pre_vote);
-        let mut no_pre_vote = args.to_vec();
-        no_pre_vote.push("--pre-vote=false");
-        assert!(!parse(&no_pre_vote).unwrap().pre_vote);
-        let mut wrong_url = args.to_vec();
-        wrong_url[3] = "http://127.0.0.1:9";
-        assert!(parse(&wrong_url).is_err());
+    match parsed.split_host_port() {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(ListenUrl {
+            url: url.to_string(),
+            host_port: parsed.host.clone(),
+        }),
+        _ => Err(invalid("want http://host:port")),
     }
 }
