@@ -14,7 +14,8 @@
 //! ```
 //!
 //! # Modules, one per concern
-//! - [`config`]: etcd's flags and `ETCD_*` variables with etcd's defaults.
+//! - [`config`]: etcd's flags, `ETCD_*` variables and YAML config file, read by etcd's
+//!   rules into a typed `Config` (one table of every etcd flag says what each does).
 //! - [`ids`]: member and cluster ids, computed exactly as etcd computes them.
 //! - `node`: the raft loop (bootstrap and recovery, the turn, reads, snapshots) and the
 //!   handles the services get (`NodeHandle` for inputs, `NodeStatus` for what it

@@ -220,7 +220,12 @@ async fn backend_without_wal_is_refused() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_retcd"))
         .arg("--data-dir")
         .arg(&data)
-        .args(["--listen-client-urls", &url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
         .args([
             "--listen-peer-urls",
             &format!("http://127.0.0.1:{}", common::free_port()),

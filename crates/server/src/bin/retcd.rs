@@ -1,26 +1,44 @@
-//! `retcd`: an etcd-compatible server. Flags and `ETCD_*` variables as etcd's; with none,
-//! a single member on 127.0.0.1:2379 with its data in `./default.etcd`.
+//! `retcd`: an etcd-compatible server. Flags, `ETCD_*` variables and `--config-file` as
+//! etcd's; with none, a single member on 127.0.0.1:2379 with its data in `./default.etcd`.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use retcd_server::config::{Config, ConfigError};
+use retcd_server::config::{self, Command, Level};
 
 fn main() -> ExitCode {
-    let config = match Config::parse_from_args(std::env::args_os()) {
-        Ok(c) => c,
-        // --help and --version exit 0 from here; argument errors exit 2, as clap's.
-        Err(ConfigError::Clap(e)) => e.exit(),
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let parsed = match config::load(&args, &env) {
+        Ok(Command::Run(parsed)) => *parsed,
+        Ok(Command::Help(text) | Command::Version(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        // etcd's exit codes: 2 for what Go's flag package refuses, 1 for the rest.
         Err(e) => {
-            eprintln!("retcd: {e}");
-            return ExitCode::from(2);
+            match e {
+                config::ConfigError::Unsupported { .. } => eprintln!("{e}"),
+                _ => eprintln!("retcd: {e}"),
+            }
+            if e.exit_code() == 2 {
+                eprintln!("Run 'retcd --help' for etcd's flags and what retcd does with each.");
+            }
+            return ExitCode::from(e.exit_code());
         }
     };
-    let filter = config.log_filter().unwrap_or("info");
+    let filter = parsed.config.log_filter().unwrap_or("info");
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
+    for notice in &parsed.notices {
+        match notice.level {
+            Level::Info => tracing::info!(target: "retcd::config", "{}", notice.message),
+            Level::Warn => tracing::warn!(target: "retcd::config", "{}", notice.message),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("retcd")
@@ -32,7 +50,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(retcd_server::run(config, retcd_server::shutdown_signal())) {
+    match runtime.block_on(retcd_server::run(
+        parsed.config,
+        retcd_server::shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "retcd stopped on an error");
