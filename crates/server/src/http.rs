@@ -1,4 +1,4 @@
-//! The plain HTTP/1.1 endpoints on the client port: `/version`, `/health`, `/livez`,
+//! The plain HTTP endpoints on the client port (and, a subset, on metrics listeners): `/version`, `/health`, `/livez`,
 //! `/readyz` and `/metrics`, with etcd 3.5's paths, bodies and status codes.
 
 use std::sync::Arc;
@@ -26,9 +26,19 @@ pub struct HttpState {
     pub node: Node,
 }
 
-/// Adds the HTTP endpoints to `router` (the gRPC services' router), and answers unknown
-/// paths: gRPC calls with gRPC's `Unimplemented`, anything else with 404.
-pub fn add_routes(router: Router, state: Arc<HttpState>) -> Router {
+/// Which HTTP endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// A client listener's: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`.
+    Client,
+    /// A `--listen-metrics-urls` listener's: `/metrics` and the health probes, as etcd's
+    /// metrics listener (which kubeadm's probes hit).
+    Metrics,
+}
+
+/// Adds the HTTP endpoints to `router` (the gRPC services' router, or an empty one), and
+/// answers unknown paths: gRPC calls with gRPC's `Unimplemented`, anything else with 404.
+pub fn add_routes(router: Router, state: Arc<HttpState>, endpoints: Endpoints) -> Router {
     let s = state.clone();
     let health = move |uri: Uri| {
         let s = s.clone();
@@ -49,13 +59,22 @@ pub fn add_routes(router: Router, state: Arc<HttpState>) -> Router {
         let s = s.clone();
         async move { metrics(&s).await }
     };
+    let router = match endpoints {
+        Endpoints::Client => router.route("/version", get(version)),
+        Endpoints::Metrics => router,
+    };
     router
-        .route("/version", get(version))
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+}
+
+/// A gRPC-only router (client URLs when `--listen-client-http-urls` takes the HTTP
+/// endpoints elsewhere): every non-gRPC path answers 404.
+pub fn grpc_only(router: Router) -> Router {
+    router.fallback(fallback)
 }
 
 async fn fallback(req: axum::extract::Request) -> Response {

@@ -75,6 +75,7 @@ mod node;
 mod peer;
 mod quota;
 mod server;
+mod serving;
 mod tls;
 
 pub use server::{Server, run};

@@ -1,10 +1,10 @@
-//! Wiring: start the raft loop, serve every client URL, and shut down in order.
+//! Wiring: bind every listener, start the raft loop, serve, and shut down in order.
 //!
-//! One listener per `--listen-client-urls` entry serves gRPC (HTTP/2 over cleartext,
-//! "h2c" with prior knowledge, which is what etcdctl and every etcd client speak on
-//! `http://` endpoints) and plain HTTP/1.1 on the same port, as etcd does. hyper-util's
-//! auto builder tells the two apart by the HTTP/2 connection preface; one axum router
-//! holds both the tonic services and the HTTP endpoints.
+//! `serving.rs` decides what each listen URL serves and with which TLS. A client
+//! listener serves gRPC (HTTP/2: h2c with prior knowledge on `http://`, ALPN `h2` on
+//! `https://`) and plain HTTP/1.1 on the same port, as etcd does; hyper-util's auto
+//! builder tells the two apart by the HTTP/2 connection preface, and one axum router holds
+//! both the tonic services and the HTTP endpoints.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,16 +17,16 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::grpc::{self, ServiceLimits};
-use crate::http::{self, HttpState};
+use crate::http::{self, Endpoints, HttpState};
 use crate::ids;
-use crate::listen::{self, Bound, Http2Settings, ListenAddr};
+use crate::listen::{self, Http2Settings};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig};
 use crate::peer::dial::Dialer;
 use crate::peer::service::PeerService;
 use crate::peer::transport::Transport;
-use crate::tls::ServerTls;
+use crate::serving::{self, Role};
 use retcd_api::peerpb::MembersRequest;
 use retcd_api::peerpb::peer_client::PeerClient;
 use retcd_api::peerpb::peer_server::PeerServer;
@@ -66,9 +66,12 @@ impl Server {
             &config.initial_cluster_token,
         );
         let mut cluster_id = ids::cluster_id(&member_ids);
+        // Bind first, as etcd does: a port in use fails the start before the data
+        // directory is touched. Connections wait in the backlog until serving starts.
+        let plan = serving::bind(config).await?;
+        let dialer = Dialer::new(plan.dialer_tls.clone());
         let layout = DataLayout::new(&config.data_dir());
         let has_wal = layout.wal_dir.exists();
-        let dialer = Dialer::new(None);
         let bootstrap = if config.initial_cluster_state == "existing" && !has_wal {
             let (cid, membership, id) =
                 fetch_membership(&dialer, &members, &config.initial_advertise_peer_urls).await?;
@@ -91,11 +94,7 @@ impl Server {
             pre_vote: config.pre_vote,
             quota_backend_bytes: config.backend_quota(),
         };
-        // Bind first, as etcd does: a port in use fails the start before the data
-        // directory is touched. Connections wait in the backlog until serving starts.
-        let listeners = bind_all(&config.listen_client_urls).await?;
-        let peer_listeners = bind_all(&config.listen_peer_urls).await?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(config.metrics_extensive));
         // Opening the backend and replaying the WAL block: off the reactor.
         let runtime = tokio::runtime::Handle::current();
         let peer_dialer = dialer.clone();
@@ -125,36 +124,15 @@ impl Server {
                 config.election_ticks(),
             ),
         };
+        let http_state = Arc::new(HttpState { node: node.clone() });
+        let grpc_router = grpc::router(&node, limits);
         let grpc_metrics = node.metrics.grpc.clone();
-        let router = http::add_routes(
-            grpc::router(&node, limits),
-            Arc::new(HttpState { node: node.clone() }),
-        )
-        .layer(axum::middleware::from_fn(move |req, next| {
-            crate::metrics::grpc::track(grpc_metrics.clone(), req, next)
-        }));
-
-        let (stop_accepting, stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
-        let http2 = Http2Settings::default();
-        let serve = |router: &axum::Router, tls: Option<Arc<ServerTls>>, kind| listen::Serve {
-            router: router.clone(),
-            tls,
-            http2,
-            stop: stop_rx.clone(),
-            graceful: graceful.clone(),
-            kind,
+        let track = move |router: axum::Router| {
+            let grpc_metrics = grpc_metrics.clone();
+            router.layer(axum::middleware::from_fn(move |req, next| {
+                crate::metrics::grpc::track(grpc_metrics.clone(), req, next)
+            }))
         };
-        let mut addrs = Vec::new();
-        let mut accept_tasks = Vec::new();
-        for (addr, bound) in listeners {
-            tracing::info!(url = %addr.url, address = ?bound.local_addr(), "serving client traffic (gRPC and HTTP)");
-            addrs.extend(bound.local_addr());
-            accept_tasks.push(tokio::spawn(listen::serve(
-                bound,
-                serve(&router, None, "client"),
-            )));
-        }
         let peer_router = tonic::service::Routes::new(
             PeerServer::new(PeerService::new(
                 node.handle.clone(),
@@ -165,11 +143,57 @@ impl Server {
             .max_encoding_message_size(usize::MAX),
         )
         .into_axum_router();
-        for (addr, bound) in peer_listeners {
-            tracing::info!(url = %addr.url, address = ?bound.local_addr(), "serving peer traffic");
+        let router_for = |role: Role| match role {
+            Role::Client => track(http::add_routes(
+                grpc_router.clone(),
+                http_state.clone(),
+                Endpoints::Client,
+            )),
+            Role::ClientGrpc => track(http::grpc_only(grpc_router.clone())),
+            Role::ClientHttp => {
+                http::add_routes(axum::Router::new(), http_state.clone(), Endpoints::Client)
+            }
+            Role::Metrics => {
+                http::add_routes(axum::Router::new(), http_state.clone(), Endpoints::Metrics)
+            }
+            Role::Peer => peer_router.clone(),
+        };
+
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let client_http2 = Http2Settings {
+            max_concurrent_streams: config.max_concurrent_streams,
+            keepalive_interval: config.grpc_keepalive_interval,
+            keepalive_timeout: config.grpc_keepalive_timeout,
+        };
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for l in plan.listeners {
+            let what = match l.role {
+                Role::Client => "serving client traffic (gRPC and HTTP)",
+                Role::ClientGrpc => "serving client gRPC",
+                Role::ClientHttp => "serving client HTTP",
+                Role::Peer => "serving peer traffic",
+                Role::Metrics => "serving metrics and health",
+            };
+            tracing::info!(url = %l.addr.url, address = ?l.bound.local_addr(), tls = l.tls.is_some(), "{what}");
+            if matches!(l.role, Role::Client | Role::ClientGrpc | Role::ClientHttp) {
+                addrs.extend(l.bound.local_addr());
+            }
+            let http2 = match l.role {
+                Role::Client | Role::ClientGrpc => client_http2,
+                _ => Http2Settings::default(),
+            };
             accept_tasks.push(tokio::spawn(listen::serve(
-                bound,
-                serve(&peer_router, None, "peer"),
+                l.bound,
+                listen::Serve {
+                    router: router_for(l.role),
+                    tls: l.tls,
+                    http2,
+                    stop: stop_rx.clone(),
+                    graceful: graceful.clone(),
+                    kind: l.role.kind(),
+                },
             )));
         }
         tokio::spawn(publish_attributes(
@@ -351,15 +375,4 @@ async fn publish_attributes(
 /// Starts a server for `config` and serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     Server::start(&config).await?.serve_until(shutdown).await
-}
-
-/// Binds every URL, in order; the first failure names its URL.
-async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(ListenAddr, Bound)>> {
-    let mut listeners = Vec::new();
-    for url in urls {
-        let addr = ListenAddr::parse(url).map_err(anyhow::Error::msg)?;
-        let bound = listen::bind(&addr).await?;
-        listeners.push((addr, bound));
-    }
-    Ok(listeners)
 }

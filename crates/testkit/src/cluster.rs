@@ -66,6 +66,9 @@ pub struct ClusterSpec {
     pub snapshot_count: Option<u64>,
     /// A fault proxy in front of every member's peer port.
     pub proxied_peers: bool,
+    /// Peer URLs are `https://` (the TLS flags go in `extra_args`; a proxy passes the
+    /// TLS bytes through untouched).
+    pub peer_https: bool,
     /// `--initial-cluster-token`.
     pub token: String,
     /// How long [`Cluster::start`] and [`Cluster::wait_healthy`] wait for `/health`.
@@ -84,6 +87,7 @@ impl ClusterSpec {
             election_ms: 1000,
             snapshot_count: None,
             proxied_peers: false,
+            peer_https: false,
             token: "retcd-testkit".to_string(),
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
         }
@@ -124,6 +128,11 @@ impl ClusterSpec {
         self
     }
 
+    pub fn peer_https(mut self, https: bool) -> Self {
+        self.peer_https = https;
+        self
+    }
+
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = token.into();
         self
@@ -157,6 +166,8 @@ struct Member {
     peer_port: u16,
     /// In front of `peer_port` when peers are proxied.
     proxy: Option<Proxy>,
+    /// `http` or `https`.
+    peer_scheme: &'static str,
     data_dir: PathBuf,
     log_path: PathBuf,
     /// `--initial-cluster` and `--initial-cluster-state`, fixed at its first start.
@@ -203,12 +214,12 @@ impl Member {
     }
 
     fn peer_listen_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     fn advertised_peer_url(&self) -> String {
         match &self.proxy {
-            Some(proxy) => proxy.url(),
+            Some(proxy) => format!("{}://{}", self.peer_scheme, proxy.addr()),
             None => self.peer_listen_url(),
         }
     }
@@ -265,6 +276,7 @@ impl Cluster {
                     ports[2 * i],
                     ports[2 * i + 1],
                     spec.proxied_peers,
+                    if spec.peer_https { "https" } else { "http" },
                     InitialState::New,
                 )
                 .map_err(not_ports)?,
@@ -605,6 +617,11 @@ impl Cluster {
             ports[0],
             ports[1],
             self.spec.proxied_peers,
+            if self.spec.peer_https {
+                "https"
+            } else {
+                "http"
+            },
             InitialState::Existing,
         )?;
         if let Some(proxy) = &member.proxy {
@@ -829,6 +846,7 @@ fn new_member(
     client_port: u16,
     peer_port: u16,
     proxied: bool,
+    peer_scheme: &'static str,
     initial_state: InitialState,
 ) -> anyhow::Result<Member> {
     let proxy = if proxied {
@@ -844,6 +862,7 @@ fn new_member(
         client_port,
         peer_port,
         proxy,
+        peer_scheme,
         initial_cluster: String::new(),
         initial_state,
         process: Mutex::new(Process::default()),

@@ -340,14 +340,6 @@ impl ConfigError {
     }
 }
 
-/// A listen URL, resolved into what to bind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenUrl {
-    pub url: String,
-    /// `host:port`, with the host not yet resolved.
-    pub host_port: String,
-}
-
 impl Config {
     /// The data directory: `--data-dir`, or `${name}.etcd`.
     pub fn data_dir(&self) -> PathBuf {
@@ -374,22 +366,6 @@ impl Config {
             *urls = value::parse_urls(&urls.join(",")).map_err(ConfigError::Invalid)?;
         }
         Ok(members)
-    }
-
-    /// `--listen-peer-urls`, parsed for binding.
-    pub fn peer_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
-        self.listen_peer_urls
-            .iter()
-            .map(|u| parse_listen_url(u))
-            .collect()
-    }
-
-    /// `--listen-client-urls`, parsed for binding.
-    pub fn client_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
-        self.listen_client_urls
-            .iter()
-            .map(|u| parse_listen_url(u))
-            .collect()
     }
 
     /// Raft ticks per election timeout (etcd: election-timeout / heartbeat-interval).
@@ -426,36 +402,5 @@ impl Config {
             "error" | "dpanic" | "panic" | "fatal" => Some("error"),
             _ => None,
         }
-    }
-}
-
-/// A URL to bind. Parsing accepted `https`, `unix` and `unixs` as etcd does; the
-/// listeners serve only `http` until TLS and unix sockets are wired into the server.
-fn parse_listen_url(url: &str) -> Result<ListenUrl, ConfigError> {
-    let invalid = |why: &str| ConfigError::Invalid(format!("listen URL {url:?}: {why}"));
-    let parsed = value::GoUrl::parse(url).map_err(|e| invalid(&e))?;
-    match parsed.scheme.as_str() {
-        "http" => {}
-        "https" | "unixs" => {
-            return Err(ConfigError::Invalid(format!(
-                "retcd does not serve TLS listeners yet: {url}"
-            )));
-        }
-        "unix" => {
-            return Err(ConfigError::Invalid(format!(
-                "retcd does not serve unix socket listeners yet: {url}"
-            )));
-        }
-        _ => return Err(invalid("scheme must be http")),
-    }
-    if !parsed.path.is_empty() {
-        return Err(invalid("a listen URL must not have a path"));
-    }
-    match parsed.split_host_port() {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(ListenUrl {
-            url: url.to_string(),
-            host_port: parsed.host.clone(),
-        }),
-        _ => Err(invalid("want http://host:port")),
     }
 }

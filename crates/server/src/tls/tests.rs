@@ -156,7 +156,7 @@ async fn gets_through(addr: SocketAddr, config: rustls::ClientConfig) -> bool {
         return false;
     }
     let mut buf = [0u8; 4];
-    matches!(s.read_exact(&mut buf).await, Ok(_) if &buf == b"pong")
+    s.read_exact(&mut buf).await.is_ok() && &buf == b"pong"
 }
 
 // Goal: etcd's names and rules for versions and cipher suites.
@@ -347,7 +347,7 @@ async fn peer_dials_verify_the_peer() {
             Ok(mut s) => {
                 s.write_all(b"ping").await.is_ok() && {
                     let mut buf = [0u8; 4];
-                    matches!(s.read_exact(&mut buf).await, Ok(_) if &buf == b"pong")
+                    s.read_exact(&mut buf).await.is_ok() && &buf == b"pong"
                 }
             }
             Err(_) => false,
