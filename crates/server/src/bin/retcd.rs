@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use retcd_server::config::{self, Command, Level};
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -28,9 +29,16 @@ fn main() -> ExitCode {
         }
     };
     let filter = parsed.config.log_filter().unwrap_or("info");
+    let (writer, ansi) = match log_writer(&parsed.config.log_outputs) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("retcd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     for notice in &parsed.notices {
@@ -60,4 +68,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--log-outputs` as etcd reads it: `default` and `stderr` write to stderr, `stdout` to
+/// stdout, `systemd/journal` to stderr (which systemd hands to the journal; retcd does
+/// not speak journald's native protocol), anything else is a file path, appended to and
+/// created 0600. Colour only when the one output is a terminal.
+fn log_writer(outputs: &[String]) -> Result<(BoxMakeWriter, bool), String> {
+    use std::io::IsTerminal;
+    let mut writer: Option<BoxMakeWriter> = None;
+    let mut ansi = outputs.len() == 1;
+    for output in outputs {
+        let next = match output.as_str() {
+            "default" | "stderr" | "systemd/journal" => {
+                ansi &= std::io::stderr().is_terminal();
+                BoxMakeWriter::new(std::io::stderr)
+            }
+            "stdout" => {
+                ansi &= std::io::stdout().is_terminal();
+                BoxMakeWriter::new(std::io::stdout)
+            }
+            path => {
+                ansi = false;
+                let mut options = std::fs::OpenOptions::new();
+                options.create(true).append(true);
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let file = options
+                    .open(path)
+                    .map_err(|e| format!("cannot open log output {path:?}: {e}"))?;
+                BoxMakeWriter::new(std::sync::Arc::new(file))
+            }
+        };
+        writer = Some(match writer {
+            None => next,
+            Some(w) => BoxMakeWriter::new(w.and(next)),
+        });
+    }
+    Ok((
+        writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)),
+        ansi,
+    ))
 }

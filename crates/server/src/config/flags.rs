@@ -440,7 +440,7 @@ pub static FLAGS: &[Flag] = &[
     flag("max-concurrent-streams", Uint32, "4294967295", Member, "Most concurrent gRPC streams per client connection.")
         .on(|d, v| d.c.max_concurrent_streams = u32_of(d, "max-concurrent-streams", v.uint()), |c| show(&c.max_concurrent_streams)),
     flag("grpc-keepalive-min-time", Dur, "5s", Member, "Shortest interval a client should wait before pinging the server.")
-        .on(|d, v| d.c.grpc_keepalive_min_time = d.duration("grpc-keepalive-min-time", v), |c| show(&c.grpc_keepalive_min_time)),
+        .accepted("retcd lets clients ping as often as they like: its HTTP/2 server never answers GOAWAY too_many_pings"),
     flag("grpc-keepalive-interval", Dur, "2h0m0s", Member, "Frequency of server-to-client pings (0 disables).")
         .on(|d, v| d.c.grpc_keepalive_interval = d.duration("grpc-keepalive-interval", v), |c| show(&c.grpc_keepalive_interval)),
     flag("grpc-keepalive-timeout", Dur, "20s", Member, "How long to wait for a ping's answer before closing (0 disables).")
@@ -492,9 +492,9 @@ pub static FLAGS: &[Flag] = &[
     flag("enable-grpc-gateway", Bool, "true", Clustering, "Serve the JSON gRPC gateway (/v3/...) on client URLs.")
         .on(|d, v| d.c.enable_grpc_gateway = v.bool(), |c| show(&c.enable_grpc_gateway)),
     flag("cors", Urls { exception: "*" }, "*", Clustering, "Comma-separated CORS origins (* for any).")
-        .on(set_cors, |c| show(&c.cors)),
+        .refused("CORS on the JSON gateway"),
     flag("host-whitelist", Set, "*", Clustering, "Host headers accepted on plain-HTTP requests (* for any).")
-        .on(|d, v| d.c.host_whitelist = v.list(), |c| show(&c.host_whitelist)),
+        .refused("Host checks on the JSON gateway"),
     // Security
     flag("cert-file", Str, "", Security, "Path to the client server TLS cert file.")
         .yaml("client-transport-security.cert-file")
@@ -565,11 +565,11 @@ pub static FLAGS: &[Flag] = &[
         .on(|d, v| d.c.experimental_peer_skip_client_san_verification = v.bool(), |c| show(&c.experimental_peer_skip_client_san_verification)),
     // Auth
     flag("auth-token", Str, "simple", Auth, "Token provider: simple, or jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...")
-        .on(|d, v| d.c.auth_token = v.string(), |c| show(&c.auth_token)),
+        .refused("auth and its tokens"),
     flag("auth-token-ttl", Uint, "300", Auth, "Lifetime of a simple token, in seconds.")
-        .on(|d, v| d.c.auth_token_ttl = v.uint(), |c| show(&c.auth_token_ttl)),
+        .refused("auth and its tokens"),
     flag("bcrypt-cost", Uint, "10", Auth, "bcrypt cost of user passwords (4 to 31).")
-        .on(set_bcrypt_cost, |c| show(&c.bcrypt_cost)),
+        .refused("auth and its password hashing"),
     // Logging
     flag("logger", Str, "zap", Logging, "Logger: zap (structured logs).")
         .refused("a logger other than zap (etcd 3.5 removed capnslog)"),
@@ -718,14 +718,6 @@ fn set_backend_batch_limit(d: &mut Draft, v: &Value) {
 }
 
 /// etcd's CORS set: `*` joins the set, a URL list replaces it.
-fn set_cors(d: &mut Draft, v: &Value) {
-    d.c.cors = match v {
-        Value::Urls { urls: None, .. } => {
-            super::value::sorted_set(d.c.cors.iter().cloned().chain(["*".to_string()]))
-        }
-        _ => v.urls_over(&d.c.cors),
-    };
-}
 
 fn set_self_signed_cert_validity(d: &mut Draft, v: &Value) {
     d.c.self_signed_cert_validity_years = match u32_of(d, "self-signed-cert-validity", v.uint()) {
@@ -735,17 +727,6 @@ fn set_self_signed_cert_validity(d: &mut Draft, v: &Value) {
 }
 
 /// etcd warns about a cost bcrypt refuses and uses its default.
-fn set_bcrypt_cost(d: &mut Draft, v: &Value) {
-    d.c.bcrypt_cost = match v.uint() {
-        n @ 4..=31 => n as u32,
-        n => {
-            d.notices.push(Notice::warn(format!(
-                "--bcrypt-cost {n} is outside 4 to 31; using 10"
-            )));
-            10
-        }
-    };
-}
 
 /// Only a positive interval overrides etcd's built-in 10 minutes.
 fn progress_interval(v: &Value) -> Duration {

@@ -165,10 +165,6 @@ fn go_flag_syntax() {
             .len(),
         2
     );
-    assert_eq!(
-        ok(&["--host-whitelist=b,a,b"]).host_whitelist,
-        vec!["a", "b"]
-    );
     let e = err(&["--grpc-keepalive-timeout=-5s"], &[]);
     assert_eq!(
         (e.to_string().as_str(), e.exit_code()),
@@ -259,10 +255,6 @@ fn url_flags() {
             .contains("URL must not contain a path")
     );
     assert_eq!(ok(&["--cors=*"]).cors, vec!["*"]);
-    assert_eq!(
-        ok(&["--cors=http://a.com:80,http://b.com:80"]).cors,
-        vec!["http://a.com:80", "http://b.com:80"]
-    );
     assert!(matches!(err(&["--cors="], &[]), ConfigError::Syntax(_)));
     assert!(matches!(
         err(&["--cors=http://a.com"], &[]),
@@ -361,7 +353,6 @@ fn validation_is_etcds() {
         &["--cipher-suites=bogus"],
         "unexpected TLS cipher suite \"bogus\"",
     );
-    invalid(&["--auth-token=jwt"], "auth: invalid auth signature method");
     invalid(
         &["--log-outputs=default,stderr"],
         "multi logoutput for \"default\" is not supported yet",
@@ -393,13 +384,6 @@ fn validation_is_etcds() {
         "--initial-advertise-peer-urls=http://127.0.0.1:2380,http://localhost:2380",
     ]);
     assert_eq!(two.initial_cluster_members().unwrap()[0].1.len(), 2);
-    let p = run(&["--bcrypt-cost=99"], &[]).unwrap();
-    assert_eq!(p.config.bcrypt_cost, 10);
-    assert!(
-        p.notices
-            .iter()
-            .any(|n| n.message.contains("--bcrypt-cost 99"))
-    );
     let p = run(
         &["--cert-file=/c", "--key-file=/k", "--client-cert-auth"],
         &[],
@@ -441,4 +425,32 @@ fn refusals_name_the_flag() {
             .to_string()
             .contains("`etcd gateway`")
     );
+}
+
+// Goal: the flags of features that have not landed (auth, the JSON gateway) are refused
+// by name with any value but etcd's default, so no deployment believes it has them;
+// kubeadm's command line passes none of them.
+#[test]
+fn flags_of_features_not_landed_are_refused() {
+    for flag in [
+        "--auth-token=jwt,pub-key=/p,priv-key=/k,sign-method=RS256",
+        "--auth-token-ttl=60",
+        "--bcrypt-cost=12",
+        "--cors=http://a.example:8080",
+        "--host-whitelist=a.example",
+    ] {
+        let e = err(&[flag], &[]);
+        let name = flag.split('=').next().unwrap();
+        assert!(
+            matches!(&e, ConfigError::Unsupported { flag, .. } if flag == name),
+            "{flag}: {e}"
+        );
+        assert!(e.to_string().contains("yet"), "{e}");
+    }
+    for defaults in [
+        &["--auth-token=simple", "--bcrypt-cost=10", "--cors=*"][..],
+        &["--host-whitelist=*"],
+    ] {
+        ok(defaults);
+    }
 }

@@ -309,7 +309,6 @@ fn yaml_types_are_etcds() {
         c("cipher-suites: [TLS_AES_128_GCM_SHA256]\n").cipher_suites,
         vec!["TLS_AES_128_GCM_SHA256"]
     );
-    assert_eq!(c("host-whitelist: 'a,b'\n").host_whitelist, vec!["a", "b"]);
     // Keys match case-insensitively; the last of two equal keys wins.
     assert_eq!(c("SNAPSHOT-COUNT: 42\n").snapshot_count, 42);
     assert_eq!(
