@@ -717,16 +717,12 @@ fn set_backend_batch_limit(d: &mut Draft, v: &Value) {
     };
 }
 
-/// etcd's CORS set: `*` joins the set, a URL list replaces it.
-
 fn set_self_signed_cert_validity(d: &mut Draft, v: &Value) {
     d.c.self_signed_cert_validity_years = match u32_of(d, "self-signed-cert-validity", v.uint()) {
         0 => 1,
         n => n,
     };
 }
-
-/// etcd warns about a cost bcrypt refuses and uses its default.
 
 /// Only a positive interval overrides etcd's built-in 10 minutes.
 fn progress_interval(v: &Value) -> Duration {
