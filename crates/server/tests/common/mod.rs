@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod etcdctl;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
