@@ -6,7 +6,8 @@
 //! type etcd does not define), or an internal failure. The client-facing services return
 //! `Result<_, RequestError>` and convert at their edge with `Status::from`, so no other
 //! client-facing module builds a `tonic::Status`. (The peer protocol, between members,
-//! builds its own: no client sees it.)
+//! builds its own: no client sees it. Its `HashKv` answers with these, as
+//! Maintenance.HashKV does, so the asking member recognizes etcd's revision errors.)
 
 use retcd_api::errors::EtcdError;
 use retcd_mvcc::MvccError;

@@ -24,6 +24,8 @@
 //!   its files, behind a chain of gates (the NOSPACE cap today, auth next).
 //! - `membership`: members and their rules; `quota`: the backend quota before proposing.
 //! - `grpc`: one file per service; `peer`: the member-to-member protocol.
+//! - `corrupt`: the initial corruption check, HashKV compared with the peers before
+//!   serving (`--experimental-initial-corrupt-check`).
 //! - `http`: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: a small Prometheus registry with etcd's metric names.
 //! - `errors`: the one place request errors become `tonic::Status`.
@@ -64,6 +66,7 @@ mod apply;
 mod authority;
 mod clock;
 pub mod config;
+mod corrupt;
 mod errors;
 mod grpc;
 mod http;

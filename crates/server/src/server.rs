@@ -113,6 +113,9 @@ impl Server {
             .await
             .context("raft loop start panicked")?
             .context("cannot start the member")?;
+        if config.initial_corrupt_check {
+            crate::corrupt::initial_check(&node, &dialer, has_wal).await?;
+        }
 
         let limits = ServiceLimits {
             max_request_bytes: config.max_request_bytes as usize,
@@ -137,6 +140,7 @@ impl Server {
             PeerServer::new(PeerService::new(
                 node.handle.clone(),
                 node.status.clone(),
+                node.store.clone(),
                 node.metrics.clone(),
             ))
             .max_decoding_message_size(usize::MAX)

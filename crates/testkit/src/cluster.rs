@@ -16,7 +16,8 @@
 //!
 //! Member control is by signal: SIGKILL ([`Cluster::kill`]), SIGSTOP/SIGCONT
 //! ([`Cluster::stop`], [`Cluster::cont`]), SIGTERM ([`Cluster::terminate`]), and
-//! [`Cluster::restart`] with the same flags and data dir. Methods take `&self` (except
+//! [`Cluster::restart`] with the same flags and data dir ([`Cluster::restart_with`]: and
+//! more flags, for that start). Methods take `&self` (except
 //! [`Cluster::add_member`] and [`Cluster::start_added`]), so one `Arc<Cluster>` can be
 //! shared by a fault-injecting task and the clients. Dropping the cluster kills every member; if the thread is panicking,
 //! it first prints the tail of each member's log.
@@ -296,7 +297,7 @@ impl Cluster {
             root,
         };
         for i in 0..cluster.members.len() {
-            cluster.spawn(i).map_err(not_ports)?;
+            cluster.spawn(i, &[]).map_err(not_ports)?;
         }
         let all: Vec<usize> = (0..cluster.members.len()).collect();
         if let Err(error) = cluster.wait_healthy_all_of(&all, cluster.spec.health_timeout) {
@@ -471,8 +472,20 @@ impl Cluster {
             !self.is_running(i),
             "restart: member {i} is still running; kill or terminate it first"
         );
-        let pid = self.spawn(i)?;
+        let pid = self.spawn(i, &[])?;
         tracing::info!(member = i, pid, "restarted");
+        Ok(pid)
+    }
+
+    /// [`Cluster::restart`] with `extra_args` appended to the command line for this
+    /// start only (later restarts use the spec's flags again).
+    pub fn restart_with(&self, i: usize, extra_args: &[&str]) -> anyhow::Result<u32> {
+        ensure!(
+            !self.is_running(i),
+            "restart: member {i} is still running; kill or terminate it first"
+        );
+        let pid = self.spawn(i, extra_args)?;
+        tracing::info!(member = i, pid, ?extra_args, "restarted with extra flags");
         Ok(pid)
     }
 
@@ -646,7 +659,7 @@ impl Cluster {
             "start_added: member {i} was not prepared by add_member, or has started"
         );
         member.initial_cluster = initial_cluster.to_string();
-        let pid = self.spawn(i)?;
+        let pid = self.spawn(i, &[])?;
         tracing::info!(member = i, pid, "added member started");
         Ok(pid)
     }
@@ -769,9 +782,11 @@ impl Cluster {
         args
     }
 
-    /// Starts member `i`'s process and registers its pid with every proxy.
-    fn spawn(&self, i: usize) -> anyhow::Result<u32> {
-        let args = self.args(i);
+    /// Starts member `i`'s process, with `extra_args` after the usual flags, and
+    /// registers its pid with every proxy.
+    fn spawn(&self, i: usize, extra_args: &[&str]) -> anyhow::Result<u32> {
+        let mut args = self.args(i);
+        args.extend(extra_args.iter().map(|a| a.to_string()));
         let member = self.member(i);
         let mut process = member.lock();
         ensure!(!process.running(), "member {i} is running already");

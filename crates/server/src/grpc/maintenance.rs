@@ -157,10 +157,7 @@ impl MaintenanceService {
     }
 
     async fn hash_kv_inner(&self, req: HashKvRequest) -> Result<HashKvResponse, RequestError> {
-        let kv = self.store.kv.clone();
-        let hash = tokio::task::spawn_blocking(move || kv.hash_by_rev(req.revision))
-            .await
-            .map_err(|e| RequestError::Internal(e.to_string()))??;
+        let hash = self.store.hash_kv(req.revision).await?;
         Ok(HashKvResponse {
             header: Some(self.status.header(Some(hash.revision))),
             hash: hash.hash,

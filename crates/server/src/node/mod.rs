@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 
 use retcd_backend::{RedbBackend, RedbConfig};
 use retcd_lease::Lessor;
-use retcd_mvcc::{KvStore, MvccError, WatchConfig, WatchableStore};
+use retcd_mvcc::{KvHash, KvStore, MvccError, WatchConfig, WatchableStore};
 use retcd_raft::RawNode;
 use retcd_wal::Snapshotter;
 
@@ -83,6 +83,7 @@ pub use status::NodeStatus;
 
 use crate::apply::{Applier, ApplyError};
 use crate::clock;
+use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
@@ -152,6 +153,21 @@ pub struct Store {
     pub kv: Arc<KvStore<RedbBackend>>,
     /// Watchers over `kv`, fed by apply.
     pub watch: Arc<WatchableStore<RedbBackend>>,
+}
+
+impl Store {
+    /// etcd's HashKV at `revision` (0 or less: the current revision), off the reactor.
+    /// The one way the server hashes the key space: Maintenance.HashKV answers clients
+    /// with it, `Peer.HashKv` answers peers, and the initial corruption check
+    /// (`crate::corrupt`) hashes this member with it.
+    pub async fn hash_kv(&self, revision: i64) -> Result<KvHash, RequestError> {
+        let kv = self.kv.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || kv.hash_by_rev(revision))
+                .await
+                .map_err(|e| RequestError::Internal(e.to_string()))??,
+        )
+    }
 }
 
 /// The lessor as the Lease service reads it (apply changes it).

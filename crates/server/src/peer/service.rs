@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use retcd_api::peerpb::peer_server::Peer;
 use retcd_api::peerpb::{
-    MembersRequest, MembersResponse, MessageBatch, ProbeRequest, ProbeResponse, SnapshotChunk,
-    SnapshotDone, StreamDone,
+    HashKvRequest, HashKvResponse, MembersRequest, MembersResponse, MessageBatch, ProbeRequest,
+    ProbeResponse, SnapshotChunk, SnapshotDone, StreamDone,
 };
 use retcd_raft::MessageType;
 use tokio::io::AsyncWriteExt as _;
@@ -15,19 +15,26 @@ use super::codec::decode_message;
 use super::transport::{CLUSTER_ID_HEADER, FROM_HEADER};
 use crate::ids::MemberId;
 use crate::metrics::Metrics;
-use crate::node::{NodeHandle, NodeStatus, snapshot_image_path};
+use crate::node::{NodeHandle, NodeStatus, Store, snapshot_image_path};
 
 pub struct PeerService {
     handle: Arc<NodeHandle>,
     status: Arc<NodeStatus>,
+    store: Store,
     metrics: Arc<Metrics>,
 }
 
 impl PeerService {
-    pub fn new(handle: Arc<NodeHandle>, status: Arc<NodeStatus>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        handle: Arc<NodeHandle>,
+        status: Arc<NodeStatus>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         PeerService {
             handle,
             status,
+            store,
             metrics,
         }
     }
@@ -173,5 +180,23 @@ impl Peer for PeerService {
     ) -> Result<Response<ProbeResponse>, Status> {
         self.check(&request)?;
         Ok(Response::new(ProbeResponse {}))
+    }
+
+    /// The same hash Maintenance.HashKV gives a client. A compacted or future revision
+    /// is answered with etcd's error for it (OUT_OF_RANGE and etcd's message), which the
+    /// asking member's check tells apart from other failures.
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        self.check(&request)?;
+        let hash = self.store.hash_kv(request.into_inner().revision).await?;
+        Ok(Response::new(HashKvResponse {
+            member_id: self.status.member_id().0,
+            revision: hash.revision,
+            hash: hash.hash,
+            compact_revision: hash.compact_revision,
+            hash_revision: hash.hash_revision,
+        }))
     }
 }

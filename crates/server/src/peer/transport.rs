@@ -179,7 +179,8 @@ impl Transport {
     }
 }
 
-fn add_headers<T>(req: &mut tonic::Request<T>, local: MemberId, cluster: ClusterId) {
+/// The metadata every peer call carries: this member's cluster and id.
+pub fn add_headers<T>(req: &mut tonic::Request<T>, local: MemberId, cluster: ClusterId) {
     let md = req.metadata_mut();
     if let Ok(v) = format!("{:x}", cluster.0).parse() {
         md.insert(CLUSTER_ID_HEADER, v);
