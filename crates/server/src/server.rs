@@ -23,6 +23,7 @@ use crate::listen::{self, Bound, Http2Settings, ListenAddr};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig};
+use crate::peer::activity::PeerActivity;
 use crate::peer::dial::Dialer;
 use crate::peer::service::PeerService;
 use crate::peer::transport::Transport;
@@ -66,7 +67,7 @@ impl Server {
             &config.initial_cluster_token,
         );
         let mut cluster_id = ids::cluster_id(&member_ids);
-        let layout = DataLayout::new(&config.data_dir());
+        let layout = DataLayout::new(&config.data_dir(), config.wal_dir.as_deref());
         let has_wal = layout.wal_dir.exists();
         let dialer = Dialer::new(None);
         let bootstrap = if config.initial_cluster_state == "existing" && !has_wal {
@@ -90,6 +91,13 @@ impl Server {
             bootstrap,
             pre_vote: config.pre_vote,
             quota_backend_bytes: config.backend_quota(),
+            wal_dir: config.wal_dir.clone(),
+            max_snapshots: config.max_snapshots,
+            max_wals: config.max_wals,
+            wal_segment_size_bytes: retcd_wal::DEFAULT_SEGMENT_SIZE_BYTES,
+            backend_batch_interval: config.backend_batch_interval,
+            backend_batch_limit: config.backend_batch_limit,
+            snapshot_catchup_entries: config.snapshot_catchup_entries,
         };
         // Bind first, as etcd does: a port in use fails the start before the data
         // directory is touched. Connections wait in the backlog until serving starts.
@@ -100,6 +108,8 @@ impl Server {
         let runtime = tokio::runtime::Handle::current();
         let peer_dialer = dialer.clone();
         let transport_metrics = metrics.clone();
+        let peer_activity = Arc::new(PeerActivity::default());
+        let transport_activity = peer_activity.clone();
         let transport = move |member, cluster, events| -> Box<dyn node::Network> {
             Box::new(Transport::new(
                 runtime,
@@ -108,6 +118,7 @@ impl Server {
                 events,
                 peer_dialer,
                 transport_metrics,
+                transport_activity,
             ))
         };
         let node = tokio::task::spawn_blocking(move || node::start(node_cfg, metrics, transport))
@@ -124,10 +135,11 @@ impl Server {
                 config.heartbeat_interval(),
                 config.election_ticks(),
             ),
+            strict_reconfig_check: config.strict_reconfig_check,
         };
         let grpc_metrics = node.metrics.grpc.clone();
         let router = http::add_routes(
-            grpc::router(&node, limits),
+            grpc::router(&node, limits, peer_activity),
             Arc::new(HttpState { node: node.clone() }),
         )
         .layer(axum::middleware::from_fn(move |req, next| {
