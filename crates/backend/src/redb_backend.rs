@@ -14,6 +14,7 @@
 //! commits after the last durable one, never part of a commit.
 
 use std::ops::Bound;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -21,6 +22,9 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{Backend, BackendError, Bucket, ReadTx, Visitor, WriteTx};
+
+/// Mode of a new database file: read and write for the owner only.
+const PRIVATE_FILE_MODE: u32 = 0o600;
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -73,12 +77,24 @@ impl RedbBackend {
     /// check costs one read of the file; the MVCC store reads all of its keys on open anyway.
     /// A damaged file is then rolled back to an older commit that verifies (the WAL replays
     /// the rest) or reported as [`BackendError::Corrupted`].
+    ///
+    /// A new file is created private to its owner (mode `0600` before the umask, etcd's
+    /// `PrivateFileMode` for its bbolt file); an existing file keeps its mode.
     pub fn open(path: impl AsRef<Path>, config: &RedbConfig) -> Result<Self, BackendError> {
         let path = path.as_ref().to_path_buf();
+        // Opened here rather than by redb, which would create the file with the default
+        // mode (readable by everyone under the usual umask).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
+            .open(&path)?;
         let db = redb::Database::builder()
             .set_cache_size(config.cache_size_bytes)
             .set_check_integrity_on_open(true)
-            .create(&path)
+            .create_with_backend(redb::backends::FileBackend::new(file).map_err(engine_error)?)
             .map_err(engine_error)?;
         let backend = Self {
             path,
@@ -317,6 +333,24 @@ mod tests {
             defrag.join().unwrap().unwrap();
         });
         backend.begin_read().unwrap();
+    }
+
+    // Goal: a new database file is private to its owner (no group or other bit, whatever
+    // the umask), also after writes and a defragmentation.
+    #[test]
+    fn a_new_database_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let backend = RedbBackend::open(&path, &RedbConfig::default()).unwrap();
+        let mut tx = backend.begin_write().unwrap();
+        tx.put(Bucket::Key, b"k", b"v").unwrap();
+        tx.commit().unwrap();
+        backend.defragment(Duration::from_secs(5)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o600, 0, "mode {mode:o}");
+        drop(backend);
+        RedbBackend::open(&path, &RedbConfig::default()).unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::listen::{self, Http2Settings};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig};
+use crate::peer::activity::PeerActivity;
 use crate::peer::dial::Dialer;
 use crate::peer::service::PeerService;
 use crate::peer::transport::Transport;
@@ -70,7 +71,7 @@ impl Server {
         // directory is touched. Connections wait in the backlog until serving starts.
         let plan = serving::bind(config).await?;
         let dialer = Dialer::new(plan.dialer_tls.clone());
-        let layout = DataLayout::new(&config.data_dir());
+        let layout = DataLayout::new(&config.data_dir(), config.wal_dir.as_deref());
         let has_wal = layout.wal_dir.exists();
         let bootstrap = if config.initial_cluster_state == "existing" && !has_wal {
             let (cid, membership, id) =
@@ -93,12 +94,21 @@ impl Server {
             bootstrap,
             pre_vote: config.pre_vote,
             quota_backend_bytes: config.backend_quota(),
+            wal_dir: config.wal_dir.clone(),
+            max_snapshots: config.max_snapshots,
+            max_wals: config.max_wals,
+            wal_segment_size_bytes: retcd_wal::DEFAULT_SEGMENT_SIZE_BYTES,
+            backend_batch_interval: config.backend_batch_interval,
+            backend_batch_limit: config.backend_batch_limit,
+            snapshot_catchup_entries: config.snapshot_catchup_entries,
         };
         let metrics = Arc::new(Metrics::new(config.metrics_extensive));
         // Opening the backend and replaying the WAL block: off the reactor.
         let runtime = tokio::runtime::Handle::current();
         let peer_dialer = dialer.clone();
         let transport_metrics = metrics.clone();
+        let peer_activity = Arc::new(PeerActivity::default());
+        let transport_activity = peer_activity.clone();
         let transport = move |member, cluster, events| -> Box<dyn node::Network> {
             Box::new(Transport::new(
                 runtime,
@@ -107,6 +117,7 @@ impl Server {
                 events,
                 peer_dialer,
                 transport_metrics,
+                transport_activity,
             ))
         };
         let node = tokio::task::spawn_blocking(move || node::start(node_cfg, metrics, transport))
@@ -126,9 +137,10 @@ impl Server {
                 config.heartbeat_interval(),
                 config.election_ticks(),
             ),
+            strict_reconfig_check: config.strict_reconfig_check,
         };
         let http_state = Arc::new(HttpState { node: node.clone() });
-        let grpc_router = grpc::router(&node, limits);
+        let grpc_router = grpc::router(&node, limits, peer_activity);
         let grpc_metrics = node.metrics.grpc.clone();
         let track = move |router: axum::Router| {
             let grpc_metrics = grpc_metrics.clone();

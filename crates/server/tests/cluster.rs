@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use common::blocking;
+use common::{UNHEALTHY, blocking, when_healthy};
 use etcd_client::{Client, GetOptions, MemberAddOptions, Txn, TxnOp};
 use retcd_testkit::cluster::{Cluster, ClusterSpec};
 
@@ -75,7 +75,15 @@ async fn membership_changes_answer_as_etcd() {
     // Bad and duplicate peer URLs.
     let e = c.member_add(["not a url"], None).await.unwrap_err();
     assert_eq!(message(e), "etcdserver: given member URLs are invalid");
-    let e = c.member_add([cluster.peer_url(0)], None).await.unwrap_err();
+    // Refused as etcd refuses it until this member's peers have been connected 5 s
+    // (--strict-reconfig-check), then for the URL.
+    let e = when_healthy(|| {
+        let mut c = c.clone();
+        let url = cluster.peer_url(0);
+        async move { c.member_add([url], None).await }
+    })
+    .await
+    .unwrap_err();
     assert_eq!(message(e), "etcdserver: Peer URLs already exists");
 
     // MemberUpdate: through Raft (an UpdateNode change), checked like etcd's.
@@ -100,13 +108,16 @@ async fn membership_changes_answer_as_etcd() {
 
     // A learner: added, refused promotion while it has not caught up, started.
     let (peer_url, index) = cluster.add_member("learner").unwrap();
-    let added = c
-        .member_add(
-            [peer_url.clone()],
-            Some(MemberAddOptions::new().with_is_learner()),
-        )
-        .await
-        .unwrap();
+    let added = when_healthy(|| {
+        let mut c = c.clone();
+        let url = peer_url.clone();
+        async move {
+            c.member_add([url], Some(MemberAddOptions::new().with_is_learner()))
+                .await
+        }
+    })
+    .await
+    .unwrap();
     let learner_id = added.member().unwrap().id();
     assert!(added.member().unwrap().is_learner());
     assert_eq!(added.member_list().len(), 4);
@@ -196,7 +207,13 @@ async fn membership_changes_answer_as_etcd() {
     assert_eq!(status.leader(), learner_id);
 
     // Removal: the removed member stops; a second removal finds nobody.
-    learner.member_remove(learner_id).await.ok();
+    // The new voter's own connections may be younger than etcd's 5 s.
+    when_healthy(|| {
+        let mut l = learner.clone();
+        async move { l.member_remove(learner_id).await }
+    })
+    .await
+    .ok();
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster.is_running(index) {
         assert!(Instant::now() < deadline, "the removed member did not stop");
@@ -212,6 +229,69 @@ async fn membership_changes_answer_as_etcd() {
     assert_eq!(list.members().len(), 3);
     let r = c.get("k", None).await.unwrap();
     assert_eq!(r.kvs()[0].value(), b"from-new-voter");
+}
+
+// Goal: --strict-reconfig-check decides whether a member removes a voter while another
+// voter is down. With it (etcd's default) the leader refuses with etcd's "unhealthy
+// cluster" and proposes nothing, but removes the member that is down; without it the
+// removal goes through, as in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_reconfig_check_refuses_a_removal_that_breaks_the_active_quorum() {
+    for strict in [true, false] {
+        let spec = spec(3).extra_arg(format!("--strict-reconfig-check={strict}"));
+        let cluster = blocking(|| Cluster::start(spec)).unwrap();
+        let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let (up, down) = (others[0], others[1]);
+        let up_id = member_id(&mut cluster.client(up).await.unwrap()).await;
+        let down_id = member_id(&mut cluster.client(down).await.unwrap()).await;
+        let c = cluster.client(leader).await.unwrap();
+        // A change the leader refuses without proposing it: "unhealthy cluster" while
+        // some voter has not been connected to it for 5 s, else the duplicate URL.
+        let probe = || {
+            let mut c = c.clone();
+            let url = cluster.peer_url(leader);
+            async move { message(c.member_add([url], None).await.unwrap_err()) }
+        };
+        if strict {
+            // Every voter connected for 5 s: a refusal below is down to the kill.
+            assert_eq!(
+                message(
+                    when_healthy(|| {
+                        let mut c = c.clone();
+                        let url = cluster.peer_url(leader);
+                        async move { c.member_add([url], None).await }
+                    })
+                    .await
+                    .unwrap_err()
+                ),
+                "etcdserver: Peer URLs already exists"
+            );
+        }
+        blocking(|| cluster.kill(down)).unwrap();
+        if strict {
+            // The leader's transport notices the connection is gone.
+            eventually(
+                "the leader sees a voter down",
+                Duration::from_secs(10),
+                || {
+                    let probe = probe();
+                    async move { probe.await == UNHEALTHY }
+                },
+            )
+            .await;
+            let e = c.clone().member_remove(up_id).await.unwrap_err();
+            assert_eq!(message(e), UNHEALTHY);
+            assert_eq!(c.clone().member_list().await.unwrap().members().len(), 3);
+            // The member that is down is not part of the active quorum: it may go.
+            let left = c.clone().member_remove(down_id).await.unwrap();
+            assert_eq!(left.members().len(), 2);
+        } else {
+            assert_ne!(probe().await, UNHEALTHY);
+            let left = c.clone().member_remove(up_id).await.unwrap();
+            assert_eq!(left.members().len(), 2);
+        }
+    }
 }
 
 /// Writes `n` keys `prefix{i}` in txns of 100 puts from 8 concurrent clients.
@@ -344,7 +424,13 @@ async fn new_member_catches_up_with_100k_keys() {
     load(&cluster, leader, "big/", 100_000).await.unwrap();
     let mut c = cluster.client(leader).await.unwrap();
     let (peer_url, index) = cluster.add_member("new").unwrap();
-    c.member_add([peer_url.clone()], None).await.unwrap();
+    when_healthy(|| {
+        let mut c = c.clone();
+        let url = peer_url.clone();
+        async move { c.member_add([url], None).await }
+    })
+    .await
+    .unwrap();
     let initial = format!("{},new={peer_url}", cluster.initial_cluster_of(&[0, 1, 2]));
     blocking(|| cluster.start_added(index, &initial)).unwrap();
     blocking(|| cluster.wait_healthy(index)).unwrap();

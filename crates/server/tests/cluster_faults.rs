@@ -223,10 +223,12 @@ async fn drive(
             removed = Some(index);
             let mut client = cluster.client(leader).await?;
             let id = member_id_of(&mut client, &cluster.peer_url(index)).await?;
-            client
-                .member_remove(id)
-                .await
-                .context("remove the added member")?;
+            common::when_healthy(|| {
+                let mut client = client.clone();
+                async move { client.member_remove(id).await }
+            })
+            .await
+            .context("remove the added member")?;
             // The removed member stops by itself.
             let deadline = Instant::now() + Duration::from_secs(10);
             while cluster.is_running(index) {
@@ -372,11 +374,15 @@ async fn client_loop(
 async fn add_member(cluster: &mut Cluster) -> anyhow::Result<usize> {
     let leader = cluster.leader(Duration::from_secs(10)).await?;
     let (peer_url, index) = cluster.add_member("added")?;
-    let mut client = cluster.client(leader).await?;
-    let resp = client
-        .member_add([peer_url.clone()], None)
-        .await
-        .context("member add")?;
+    let client = cluster.client(leader).await?;
+    // Refused until the leader's peers have been connected 5 s (--strict-reconfig-check).
+    let resp = common::when_healthy(|| {
+        let mut client = client.clone();
+        let url = peer_url.clone();
+        async move { client.member_add([url], None).await }
+    })
+    .await
+    .context("member add")?;
     let mut initial: Vec<String> = Vec::new();
     for m in resp.member_list() {
         let name = if m.peer_urls().contains(&peer_url) {

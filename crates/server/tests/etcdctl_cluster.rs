@@ -201,7 +201,8 @@ fn session(ctl: &Etcdctl, binary: std::path::PathBuf, name: &str) -> String {
         .expect("a leader");
     let (ok, out) = etcdctl(&cluster.client_url(leader), &["move-leader", &id]);
     step("move-leader", ok, &out);
-    let (ok, out) = etcdctl(&endpoints, &["member", "remove", &id]);
+    // The promoted member's connections may be younger than etcd's 5 s (either server).
+    let (ok, out) = retry(&["member", "remove", &id]);
     step("member remove", ok, &out);
     eprintln!("{name} transcript:\n{transcript}");
     transcript

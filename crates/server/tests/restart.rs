@@ -205,6 +205,60 @@ async fn snapshots_and_restart_from_snapshot() {
     assert_eq!(dump(&mut c).await, before);
 }
 
+/// The names in `dir` ending in `suffix`.
+fn names_ending(dir: &std::path::Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+// Goal: through the binary, --wal-dir puts the WAL in its own directory (the member
+// restarts from it), --max-snapshots bounds the snapshot files kept, and what the member
+// creates is private to its owner (0700 directories, 0600 files).
+#[tokio::test]
+async fn wal_dir_and_max_snapshots_take_effect() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let wal = dir.path().join("fast-disk").join("wal");
+    let wal_arg = wal.display().to_string();
+    let args = [
+        "--wal-dir",
+        &wal_arg,
+        "--snapshot-count",
+        "100",
+        "--max-snapshots",
+        "1",
+    ];
+    let mut s = Retcd::start(&data, &args);
+    let mut c = s.client().await;
+    for i in 0..450 {
+        c.put(format!("s{:03}", i % 200), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let before = dump(&mut c).await;
+    drop(c);
+    assert!(s.terminate().success(), "{}", s.log());
+    assert!(!data.join("member/wal").exists(), "the WAL went elsewhere");
+    assert!(!names_ending(&wal, ".wal").is_empty());
+    // Four snapshots or more were taken; one file is kept.
+    assert_eq!(names_ending(&data.join("member/snap"), ".snap").len(), 1);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in [&data, &data.join("member"), &data.join("member/snap"), &wal] {
+        assert_eq!(mode(d) & 0o077, 0, "{} has mode {:o}", d.display(), mode(d));
+    }
+    assert_eq!(mode(&data.join("member/snap/db")) & 0o077, 0);
+
+    let s = Retcd::start(&data, &args);
+    let mut c = s.client().await;
+    assert_eq!(dump(&mut c).await, before);
+}
+
 // Goal: a backend without its WAL is refused at start (exit non-zero, with the reason),
 // rather than served with history that can no longer be replayed.
 #[tokio::test]

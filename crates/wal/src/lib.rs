@@ -53,7 +53,7 @@ mod wal;
 pub use error::{Result, WalError};
 pub use record::{Record, RecordType, SnapshotMarker};
 pub use snap::{BrokenSnapshot, SnapshotLoad, Snapshotter, snapshot_file_name};
-pub use vfs::{FileLock, StdVfs, Vfs, VfsFile};
+pub use vfs::{FileLock, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, StdVfs, Vfs, VfsFile};
 pub use wal::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_SIZE_BYTES, LOCK_FILE, Recovered, TailPosition,
     TornTail, Wal, WalOptions, valid_snapshot_markers,

@@ -5,23 +5,29 @@
 //! The trait has exactly the calls the WAL and the snapshotter make, with the durability
 //! semantics of POSIX spelled out: file contents are durable after `sync_data`/`sync_all` on
 //! that file; names (create, rename, remove) are durable after `sync_dir` on their directory.
+//!
+//! The real file system ([`StdVfs`]) creates what it creates private to the owner, as
+//! etcd does: directories `0700` and files `0600` (before the umask, which can only take
+//! bits away), so another user never reads the log or a snapshot.
 
 use std::any::Any;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
 /// A file system. Implementations must be usable from several threads (the dump tool may
 /// read while the server writes).
 pub trait Vfs: Send + Sync + fmt::Debug {
-    /// Creates `dir` and its missing parents.
+    /// Creates `dir` and its missing parents (the real file system: mode `0700`).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names (not paths) of the entries of `dir`, in no particular order.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// The whole contents of a file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// Creates `path`, or truncates it if it exists, and opens it for writing.
+    /// Creates `path`, or truncates it if it exists, and opens it for writing (the real
+    /// file system: a new file gets mode `0600`).
     fn create_file(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
     /// Opens an existing file for writing without changing it.
     fn open_file(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
@@ -62,6 +68,11 @@ impl fmt::Debug for FileLock {
     }
 }
 
+/// Mode of the directories [`StdVfs`] creates (etcd's `PrivateDirMode`).
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of the files [`StdVfs`] creates (etcd's `PrivateFileMode`).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
 /// The real file system through `std::fs`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdVfs;
@@ -71,7 +82,10 @@ struct StdFile(File);
 
 impl Vfs for StdVfs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(dir)
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -94,6 +108,7 @@ impl Vfs for StdVfs {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)?;
         Ok(Box::new(StdFile(file)))
     }
@@ -120,6 +135,7 @@ impl Vfs for StdVfs {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(FileLock::new(Box::new(file)))),

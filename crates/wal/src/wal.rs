@@ -363,34 +363,47 @@ impl Wal {
         self.cut_if_full()
     }
 
-    /// Deletes the segments that lie wholly before `index`: all segments older than the
-    /// newest one whose first index is <= `index`. That one is kept, so [`Wal::open`] from a
-    /// snapshot at `index` still finds where to start. `index` must be the index of a
-    /// snapshot whose file and WAL marker are durable. Returns the deleted files. A failure
+    /// Deletes the oldest segments that lie wholly before `index` while more than `keep`
+    /// segments (the tail included) remain; `keep` 0 deletes every such segment. A segment
+    /// lies wholly before `index` if a later one starts at or before it: the newest segment
+    /// whose first index is <= `index` is never deleted, so [`Wal::open`] from a snapshot at
+    /// `index` still finds where to start. `index` must be the index of a snapshot whose
+    /// file and WAL marker are durable. Returns the deleted files, oldest first. A failure
     /// only leaves old segments behind (a later purge retries); it does not poison.
-    pub fn purge_to(&mut self, index: u64) -> Result<Vec<PathBuf>> {
+    ///
+    /// etcd's `--max-wals` is `keep`: it deletes WAL files beyond that count, and only
+    /// those its snapshot released.
+    pub fn purge_to(&mut self, index: u64, keep: usize) -> Result<Vec<PathBuf>> {
         self.check_usable()?;
-        let keep_from = match self.segments.iter().rposition(|s| s.first_index <= index) {
+        let before = match self.segments.iter().rposition(|s| s.first_index <= index) {
             Some(k) => k,
             None => return Ok(Vec::new()),
         };
+        let purge = before.min(self.segments.len().saturating_sub(keep));
         let mut removed = Vec::new();
-        // Oldest first: a crash part way leaves a contiguous run of segments.
-        for seg in &self.segments[..keep_from] {
+        // Oldest first: a crash or failure part way leaves a contiguous run of segments.
+        let mut failed = None;
+        for seg in &self.segments[..purge] {
             let path = self.dir.join(seg.file_name());
-            self.opts
-                .vfs
-                .remove_file(&path)
-                .map_err(io_err("remove", &path))?;
-            removed.push(path);
+            match self.opts.vfs.remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => {
+                    failed = Some(io_err("remove", &path)(e));
+                    break;
+                }
+            }
         }
-        self.segments.drain(..keep_from);
+        // The writer forgets only what is gone, so a later purge retries the rest.
+        self.segments.drain(..removed.len());
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if !removed.is_empty() {
             self.opts
                 .vfs
                 .sync_dir(&self.dir)
                 .map_err(io_err("fsync dir", &self.dir))?;
-            tracing::info!(dir = %self.dir.display(), count = removed.len(), index, "wal: purged segments");
+            tracing::info!(dir = %self.dir.display(), count = removed.len(), index, keep, "wal: purged segments");
         }
         Ok(removed)
     }

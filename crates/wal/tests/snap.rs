@@ -215,7 +215,7 @@ fn restart_recovers_the_newest_snapshot_the_wal_knows_and_the_log_after_it() {
                 s.save(&sn).unwrap();
                 wal.save_snapshot_marker(&SnapshotMarker::from(&sn.metadata))
                     .unwrap();
-                wal.purge_to(i - 1).unwrap();
+                wal.purge_to(i - 1, 0).unwrap();
             }
         }
         // A snapshot file newer than any marker: the crash came before its marker.

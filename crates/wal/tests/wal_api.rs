@@ -260,7 +260,7 @@ fn purge_deletes_whole_segments_before_the_snapshot_and_keeps_open_working() {
     let before = wal.segment_files();
     wal.save_snapshot_marker(&SnapshotMarker::new(20, 1))
         .unwrap();
-    let removed = wal.purge_to(20).unwrap();
+    let removed = wal.purge_to(20, 0).unwrap();
     assert!(!removed.is_empty());
     assert_eq!(
         removed[..],
@@ -271,7 +271,7 @@ fn purge_deletes_whole_segments_before_the_snapshot_and_keeps_open_working() {
         assert!(!f.exists());
     }
     assert!(
-        wal.purge_to(20).unwrap().is_empty(),
+        wal.purge_to(20, 0).unwrap().is_empty(),
         "purging again removes nothing"
     );
     wal.save(&hs(1, 1, 31), &entries(1, 31..=31)).unwrap();
@@ -288,10 +288,56 @@ fn purge_deletes_whole_segments_before_the_snapshot_and_keeps_open_working() {
     wal.save(&hs(1, 1, 40), &entries(1, 32..=40)).unwrap();
     wal.save_snapshot_marker(&SnapshotMarker::new(38, 1))
         .unwrap();
-    wal.purge_to(38).unwrap();
+    wal.purge_to(38, 0).unwrap();
     drop(wal);
     let (_, rec) = Wal::open_with(tmp.path(), &SnapshotMarker::new(38, 1), std_opts(512)).unwrap();
     assert_eq!(rec.entries, entries(1, 39..=40));
+}
+
+// Goal: with `keep`, purging deletes the oldest segments wholly before the index only
+// while more than `keep` segments remain (etcd's `--max-wals`), never the segment the
+// index falls in, and the log still opens from the snapshot.
+#[test]
+fn purge_keeps_the_newest_segments_up_to_the_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut wal = Wal::create_with(tmp.path(), META, std_opts(512)).unwrap();
+    for i in 1..=60 {
+        wal.save(&hs(1, 1, i), &entries(1, i..=i)).unwrap();
+    }
+    wal.save_snapshot_marker(&SnapshotMarker::new(50, 1))
+        .unwrap();
+    let before = wal.segment_files();
+    assert!(before.len() >= 6, "{} segments", before.len());
+    // How many segments lie wholly before index 50.
+    let releasable = {
+        let probe_dir = tempfile::tempdir().unwrap();
+        let mut probe = Wal::create_with(probe_dir.path(), META, std_opts(512)).unwrap();
+        for i in 1..=60 {
+            probe.save(&hs(1, 1, i), &entries(1, i..=i)).unwrap();
+        }
+        probe
+            .save_snapshot_marker(&SnapshotMarker::new(50, 1))
+            .unwrap();
+        probe.purge_to(50, 0).unwrap().len()
+    };
+    assert!(releasable >= 3, "{releasable} segments before index 50");
+    assert!(releasable < before.len());
+
+    // More segments kept than exist: nothing goes.
+    assert!(wal.purge_to(50, before.len()).unwrap().is_empty());
+    // Down to `keep`, oldest first.
+    let keep = before.len() - 2;
+    let removed = wal.purge_to(50, keep).unwrap();
+    assert_eq!(removed[..], before[..2]);
+    assert_eq!(wal.segment_files()[..], before[2..]);
+    // `keep` 1 would leave one segment, but only those before the index may go.
+    let removed = wal.purge_to(50, 1).unwrap();
+    assert_eq!(removed[..], before[2..releasable]);
+    assert_eq!(wal.segment_files()[..], before[releasable..]);
+    assert!(wal.purge_to(50, 1).unwrap().is_empty());
+    drop(wal);
+    let (_, rec) = Wal::open_with(tmp.path(), &SnapshotMarker::new(50, 1), std_opts(512)).unwrap();
+    assert_eq!(rec.entries, entries(1, 51..=60));
 }
 
 #[test]
@@ -526,4 +572,62 @@ fn the_writer_and_snapshotter_can_move_to_the_servers_blocking_threads() {
     is_send::<Wal>();
     is_send_sync::<retcd_wal::Snapshotter>();
     is_send_sync::<SimVfs>();
+}
+
+/// Every directory and file under `root` (`root` included), with its permission bits.
+fn modes_under(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = vec![(
+        root.to_path_buf(),
+        std::fs::metadata(root).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(modes_under(&path));
+        } else {
+            out.push((
+                path.clone(),
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            ));
+        }
+    }
+    out
+}
+
+// Goal: on the real file system the WAL and the snapshotter create their directories
+// (missing parents included) and files private to the owner, as etcd does (0700, 0600):
+// whatever the umask, no group or other bit is set.
+#[test]
+fn directories_and_files_are_private_to_the_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let mut wal = Wal::create_with(root.join("member/wal"), META, std_opts(512)).unwrap();
+    for i in 1..=30 {
+        wal.save(&hs(1, 1, i), &entries(1, i..=i)).unwrap();
+    }
+    assert!(wal.segment_files().len() > 1, "segments were cut");
+    let snapshotter = retcd_wal::Snapshotter::new(root.join("member/snap")).unwrap();
+    let snap = retcd_raft::Snapshot {
+        data: Bytes::from_static(b"state"),
+        metadata: retcd_raft::SnapshotMetadata {
+            conf_state: ConfState::default(),
+            index: 20,
+            term: 1,
+        },
+    };
+    snapshotter.save(&snap).unwrap();
+    wal.save_snapshot_marker(&SnapshotMarker::new(20, 1))
+        .unwrap();
+    let modes = modes_under(&root);
+    assert!(modes.len() >= 7, "{modes:?}");
+    for (path, mode) in &modes {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(
+            mode & !want,
+            0,
+            "{} has mode {mode:o}, more than {want:o}",
+            path.display()
+        );
+    }
 }

@@ -85,15 +85,19 @@ pub struct Config {
     /// `--data-dir`; `None` means `${name}.etcd`, see [`Config::data_dir`].
     pub data_dir: Option<PathBuf>,
     /// `--wal-dir`: a dedicated WAL directory; `None` means `<data-dir>/member/wal`.
+    /// Whether a WAL exists there decides, as in etcd, whether the member restarts.
     pub wal_dir: Option<PathBuf>,
     /// Applied entries between two Raft snapshots (`--snapshot-count`; 0 means 100,000).
     pub snapshot_count: u64,
-    /// Raft entries kept after a snapshot for slow followers
-    /// (`--experimental-snapshot-catchup-entries`).
+    /// Raft entries kept in memory behind a snapshot for slow followers
+    /// (`--experimental-snapshot-catchup-entries`); one further behind gets a snapshot.
     pub snapshot_catchup_entries: u64,
-    /// Snapshot files kept (`--max-snapshots`; 0 = unlimited).
+    /// Snapshot files kept, the newest, after each snapshot (`--max-snapshots`; 0 =
+    /// unlimited).
     pub max_snapshots: u64,
-    /// WAL files kept (`--max-wals`; 0 = unlimited).
+    /// WAL segments kept (`--max-wals`; 0 = unlimited): after each snapshot the oldest
+    /// are deleted down to this count, but only those the snapshot and the backend's
+    /// durable state no longer need.
     pub max_wals: u64,
     /// One Raft tick (`--heartbeat-interval`).
     pub heartbeat_interval_ms: u64,
@@ -101,9 +105,12 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// `--quota-backend-bytes`: 0 means etcd's 2 GiB, a negative value no quota at all.
     pub quota_backend_bytes: i64,
-    /// Longest time between two backend commits (`--backend-batch-interval`; 0 = 100ms).
+    /// Longest a backend commit may stay non-durable (`--backend-batch-interval`; 0 =
+    /// 100ms): apply commits every batch, fsyncing at least this often (the WAL holds
+    /// the entries meanwhile).
     pub backend_batch_interval: Duration,
-    /// Most applied entries in one backend commit (`--backend-batch-limit`; 0 = 10,000).
+    /// Most applied entries between two durable backend commits (`--backend-batch-limit`;
+    /// 0 = 10,000). etcd counts the backend's operations, retcd Raft entries.
     pub backend_batch_limit: u64,
     /// Largest client request, in bytes (`--max-request-bytes`).
     pub max_request_bytes: u64,
@@ -138,7 +145,8 @@ pub struct Config {
     pub initial_cluster_state: String,
     /// Mixed into member and cluster ids (`--initial-cluster-token`).
     pub initial_cluster_token: String,
-    /// Refuse membership changes that would cost the quorum (`--strict-reconfig-check`).
+    /// Refuse membership changes that would cost the quorum (`--strict-reconfig-check`):
+    /// too few started voters, or too few connected to this member for 5 s.
     pub strict_reconfig_check: bool,
     /// Pre-vote before an election (`--pre-vote`; etcd 3.5's default, true).
     pub pre_vote: bool,

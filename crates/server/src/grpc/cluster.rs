@@ -4,14 +4,19 @@
 //! where the decision is made identically on every member.
 //!
 //! Checks and their order are etcd's: peer URLs as Go's `net/url` reads them
-//! (`peer_urls.rs`); `--strict-reconfig-check`'s quorum rules before proposing (a
-//! voter added, removed or promoted must leave enough started voters for a quorum:
-//! `MemberNotEnoughStarted`, which etcd sends as `Unknown`). One exception: etcd's
+//! (`peer_urls.rs`); then, with `--strict-reconfig-check` (on by default), the quorum
+//! rules before proposing ([`StrictCheck`]): a voter added, removed or promoted must
+//! leave enough started voters for a quorum (`MemberNotEnoughStarted`, which etcd sends
+//! as `Unknown`), and an add or a removal must not cost the quorum of the members this
+//! one is connected to (`Unhealthy`, "etcdserver: unhealthy cluster"). Without the flag
+//! none of these is checked, as in etcd; Raft and apply still refuse a change that would
+//! leave no voter. One exception: etcd's
 //! MemberUpdate takes any peer URLs, and a member that applies an update of *another*
 //! member with URLs Go cannot parse panics, at every restart too (the entry is in the
 //! log). retcd refuses such URLs with `MemberBadUrls`, for every member, instead.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use retcd_api::errors::EtcdError;
@@ -30,6 +35,7 @@ use crate::errors::RequestError;
 use crate::ids::{self, MemberId};
 use crate::membership::{Member, Membership};
 use crate::node::{Node, NodeHandle, NodeStatus};
+use crate::peer::activity::PeerActivity;
 
 use super::peer_urls::parse_peer_urls;
 
@@ -38,17 +44,27 @@ const MAX_LEARNERS: usize = 1;
 /// A learner may be promoted once its log is within this fraction of the leader's
 /// (etcd's readyPercent).
 const LEARNER_READY_PERCENT: f64 = 0.9;
+/// How long a peer must have been connected to count towards the quorum a change keeps
+/// (etcd's `HealthInterval`).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct ClusterService {
     handle: Arc<NodeHandle>,
     status: Arc<NodeStatus>,
+    strict: StrictCheck,
 }
 
 impl ClusterService {
-    pub fn new(node: &Node) -> Self {
+    /// `strict_reconfig_check` is the flag; `peers` the transport's view of which peer
+    /// connections work.
+    pub fn new(node: &Node, strict_reconfig_check: bool, peers: Arc<PeerActivity>) -> Self {
         ClusterService {
             handle: node.handle.clone(),
             status: node.status.clone(),
+            strict: StrictCheck {
+                enabled: strict_reconfig_check,
+                peers,
+            },
         }
     }
 
@@ -97,9 +113,8 @@ impl ClusterService {
             is_learner: req.is_learner,
         };
         let current = self.status.membership();
-        if !member.is_learner && !quorum::ready_to_add_voter(&current) {
-            return Err(EtcdError::MemberNotEnoughStarted.into());
-        }
+        self.strict
+            .may_add(&current, self.status.member_id(), &member, Instant::now())?;
         current.check_add(&member).map_err(|r| r.to_error())?;
         if member.is_learner && current.learners() >= MAX_LEARNERS {
             return Err(EtcdError::TooManyLearners.into());
@@ -120,10 +135,8 @@ impl ClusterService {
     async fn remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, RequestError> {
         let id = MemberId(req.id);
         let current = self.status.membership();
-        let learner = current.get(id).is_some_and(|m| m.is_learner);
-        if !learner && !quorum::ready_to_remove_voter(&current, id) {
-            return Err(EtcdError::MemberNotEnoughStarted.into());
-        }
+        self.strict
+            .may_remove(&current, self.status.member_id(), id, Instant::now())?;
         current.check_remove(id).map_err(|r| r.to_error())?;
         let member = current.get(id).cloned().ok_or(EtcdError::MemberNotFound)?;
         let members = self.change(ConfChangeType::RemoveNode, &member).await?;
@@ -179,9 +192,7 @@ impl ClusterService {
         if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
             return Err(EtcdError::LearnerNotReady.into());
         }
-        if !quorum::ready_to_promote(&current) {
-            return Err(EtcdError::MemberNotEnoughStarted.into());
-        }
+        self.strict.may_promote(&current)?;
         let mut member = current.get(id).cloned().ok_or(EtcdError::MemberNotFound)?;
         member.is_learner = false;
         let members = self.change(ConfChangeType::AddNode, &member).await?;
@@ -267,24 +278,113 @@ impl Cluster for ClusterService {
 /// etcd's `--strict-reconfig-check` (on by default): a configuration change must leave
 /// enough *started* voters (members that have published their name) for a quorum
 /// (etcd's `IsReadyToAddVotingMember`, `IsReadyToRemoveVotingMember`,
-/// `IsReadyToPromoteMember`).
+/// `IsReadyToPromoteMember`), and enough voters this member has been connected to for
+/// [`HEALTH_INTERVAL`] (etcd's `isConnectedFullySince`, `numConnectedSince`). Disabled,
+/// it allows everything.
+struct StrictCheck {
+    enabled: bool,
+    peers: Arc<PeerActivity>,
+}
+
+impl StrictCheck {
+    /// Adding `member`: a voter must keep a quorum of started voters, and this member
+    /// must have been connected to every voter for the health interval (learners too:
+    /// etcd checks the connections for every add).
+    fn may_add(
+        &self,
+        m: &Membership,
+        local: MemberId,
+        member: &Member,
+        now: Instant,
+    ) -> Result<(), EtcdError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if !member.is_learner && !quorum::ready_to_add_voter(m) {
+            tracing::warn!(member = %member.id, "rejecting member add: not enough started members");
+            return Err(EtcdError::MemberNotEnoughStarted);
+        }
+        let connected = |id| self.connected_since(local, id, now);
+        if !quorum::voters(m).all(|v| connected(v.id)) {
+            tracing::warn!(member = %member.id, "rejecting member add: this member has not been connected to every voter for 5 s");
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// Removing `id`: a learner always may go; a voter must leave a quorum of started
+    /// voters and, unless it is down already (then it is not part of the active quorum),
+    /// a quorum of the voters this member is connected to.
+    fn may_remove(
+        &self,
+        m: &Membership,
+        local: MemberId,
+        id: MemberId,
+        now: Instant,
+    ) -> Result<(), EtcdError> {
+        if !self.enabled || m.get(id).is_some_and(|v| v.is_learner) {
+            return Ok(());
+        }
+        if !quorum::ready_to_remove_voter(m, id) {
+            tracing::warn!(member = %id, "rejecting member remove: not enough started members");
+            return Err(EtcdError::MemberNotEnoughStarted);
+        }
+        if id != local && self.peers.active_since(id).is_none() {
+            return Ok(());
+        }
+        let voters = quorum::voters(m).count();
+        let active = quorum::voters(m)
+            .filter(|v| self.connected_since(local, v.id, now))
+            .count();
+        // The removed member counts among the active ones; without it, the rest must
+        // still be a quorum of the voters that remain.
+        if active.saturating_sub(1) < 1 + voters.saturating_sub(1) / 2 {
+            tracing::warn!(member = %id, active, voters, "rejecting member remove: it would break the active quorum");
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// Promoting a learner that is ready: the started voters, the learner among them,
+    /// must be a quorum of the voters after it.
+    fn may_promote(&self, m: &Membership) -> Result<(), EtcdError> {
+        if self.enabled && !quorum::ready_to_promote(m) {
+            return Err(EtcdError::MemberNotEnoughStarted);
+        }
+        Ok(())
+    }
+
+    /// This member itself, or a peer connected for at least the health interval.
+    fn connected_since(&self, local: MemberId, id: MemberId, now: Instant) -> bool {
+        id == local
+            || self
+                .peers
+                .active_since(id)
+                .is_some_and(|t| now.saturating_duration_since(t) >= HEALTH_INTERVAL)
+    }
+}
+
+/// The started-voter counts of `--strict-reconfig-check`.
 mod quorum {
-    use super::Membership;
+    use super::{Member, Membership};
     use crate::ids::MemberId;
 
+    /// The voting members.
+    pub fn voters(m: &Membership) -> impl Iterator<Item = &Member> {
+        m.members.values().filter(|v| !v.is_learner)
+    }
+
     /// (voters other than `except`, of which started).
-    fn voters(m: &Membership, except: Option<MemberId>) -> (usize, usize) {
-        let voters = m
-            .members
-            .values()
-            .filter(|v| !v.is_learner && Some(v.id) != except);
-        voters.fold((0, 0), |(n, started), v| {
-            (n + 1, started + usize::from(!v.name.is_empty()))
-        })
+    fn started(m: &Membership, except: Option<MemberId>) -> (usize, usize) {
+        voters(m)
+            .filter(|v| Some(v.id) != except)
+            .fold((0, 0), |(n, started), v| {
+                (n + 1, started + usize::from(!v.name.is_empty()))
+            })
     }
 
     pub fn ready_to_add_voter(m: &Membership) -> bool {
-        let (n, started) = voters(m, None);
+        let (n, started) = started(m, None);
         let members = n + 1;
         // etcd's exception: a second member for a one-member cluster (restoring a
         // cluster from a backup starts that way), although the pair has no quorum
@@ -293,14 +393,169 @@ mod quorum {
     }
 
     pub fn ready_to_remove_voter(m: &Membership, id: MemberId) -> bool {
-        let (members, started) = voters(m, Some(id));
+        let (members, started) = started(m, Some(id));
         started > members / 2
     }
 
     /// The learner counts as a started voter.
     pub fn ready_to_promote(m: &Membership) -> bool {
-        let (n, started) = voters(m, None);
+        let (n, started) = started(m, None);
         let (members, started) = (n + 1, started + 1);
         started > members / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Voters 1..=n (started ones have a name), learners from `learners`; this member is 1.
+    fn membership(voters: &[(u64, bool)], learners: &[u64]) -> Membership {
+        let mut m = Membership::default();
+        let member = |id: u64, started: bool, is_learner: bool| Member {
+            id: MemberId(id),
+            name: if started {
+                format!("m{id}")
+            } else {
+                String::new()
+            },
+            peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+            client_urls: Vec::new(),
+            is_learner,
+        };
+        for &(id, started) in voters {
+            m.members.insert(MemberId(id), member(id, started, false));
+        }
+        for &id in learners {
+            m.members.insert(MemberId(id), member(id, false, true));
+        }
+        m
+    }
+
+    fn candidate(is_learner: bool) -> Member {
+        Member {
+            id: MemberId(99),
+            name: String::new(),
+            peer_urls: vec!["http://127.0.0.1:9999".into()],
+            client_urls: Vec::new(),
+            is_learner,
+        }
+    }
+
+    /// A check (enabled or not) whose peers became active at the given offsets before
+    /// `now` (in seconds); the rest are not active.
+    fn check(enabled: bool, now: Instant, active: &[(u64, u64)]) -> StrictCheck {
+        let peers = Arc::new(PeerActivity::default());
+        for &(id, secs_ago) in active {
+            peers.activate(MemberId(id), now - Duration::from_secs(secs_ago));
+        }
+        StrictCheck { enabled, peers }
+    }
+
+    const LOCAL: MemberId = MemberId(1);
+
+    // Goal: with the flag, an add needs every voter connected for the health interval
+    // (a learner add too) and, for a voter, a quorum of started voters; without it,
+    // the same adds go through.
+    #[test]
+    fn strict_adds_need_started_voters_and_connections_of_five_seconds() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let healthy = [(2, 6), (3, 30)];
+        let m = membership(&[(1, true), (2, true), (3, true)], &[]);
+        for learner in [false, true] {
+            let add = |c: &StrictCheck| c.may_add(&m, LOCAL, &candidate(learner), now);
+            assert_eq!(add(&check(true, now, &healthy)), Ok(()));
+            // A peer connected 4 s ago, or not at all.
+            assert_eq!(
+                add(&check(true, now, &[(2, 4), (3, 30)])),
+                Err(EtcdError::Unhealthy)
+            );
+            assert_eq!(
+                add(&check(true, now, &[(3, 30)])),
+                Err(EtcdError::Unhealthy)
+            );
+            assert_eq!(add(&check(false, now, &[])), Ok(()));
+        }
+        // Two of three voters never started: a fourth voter would leave no quorum of
+        // started ones (a learner may still come).
+        let m = membership(&[(1, true), (2, false), (3, false)], &[]);
+        let c = check(true, now, &healthy);
+        assert_eq!(
+            c.may_add(&m, LOCAL, &candidate(false), now),
+            Err(EtcdError::MemberNotEnoughStarted)
+        );
+        assert_eq!(c.may_add(&m, LOCAL, &candidate(true), now), Ok(()));
+        assert_eq!(
+            check(false, now, &[]).may_add(&m, LOCAL, &candidate(false), now),
+            Ok(())
+        );
+        // etcd's exception: a second voter for a one-member cluster.
+        let m = membership(&[(1, true)], &[]);
+        assert_eq!(
+            check(true, now, &[]).may_add(&m, LOCAL, &candidate(false), now),
+            Ok(())
+        );
+    }
+
+    // Goal: with the flag, removing a voter must leave a quorum of started voters and of
+    // the voters this member is connected to; a member that is down, and a learner, may
+    // always go; without the flag every removal goes through.
+    #[test]
+    fn strict_removals_keep_the_active_quorum() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let m = membership(&[(1, true), (2, true), (3, true)], &[4]);
+        // All connected: any one voter may go, this member included.
+        let all = check(true, now, &[(2, 10), (3, 10), (4, 10)]);
+        for id in [1, 2, 3, 4] {
+            assert_eq!(all.may_remove(&m, LOCAL, MemberId(id), now), Ok(()), "{id}");
+        }
+        // 3 is down: removing 2 would leave 1 alone with a dead 3.
+        let three_down = check(true, now, &[(2, 10)]);
+        assert_eq!(
+            three_down.may_remove(&m, LOCAL, MemberId(2), now),
+            Err(EtcdError::Unhealthy)
+        );
+        assert_eq!(
+            three_down.may_remove(&m, LOCAL, LOCAL, now),
+            Err(EtcdError::Unhealthy)
+        );
+        // ... but 3 itself, being down, may go; so may the learner.
+        assert_eq!(three_down.may_remove(&m, LOCAL, MemberId(3), now), Ok(()));
+        assert_eq!(three_down.may_remove(&m, LOCAL, MemberId(4), now), Ok(()));
+        // A connection younger than the health interval does not count.
+        let young = check(true, now, &[(2, 10), (3, 1)]);
+        assert_eq!(
+            young.may_remove(&m, LOCAL, MemberId(2), now),
+            Err(EtcdError::Unhealthy)
+        );
+        // Without the flag.
+        let off = check(false, now, &[]);
+        for id in [1, 2, 3, 4] {
+            assert_eq!(off.may_remove(&m, LOCAL, MemberId(id), now), Ok(()), "{id}");
+        }
+        // The only voter: no started voter would remain.
+        let alone = membership(&[(1, true)], &[]);
+        assert_eq!(
+            check(true, now, &[]).may_remove(&alone, LOCAL, LOCAL, now),
+            Err(EtcdError::MemberNotEnoughStarted)
+        );
+        assert_eq!(
+            check(false, now, &[]).may_remove(&alone, LOCAL, LOCAL, now),
+            Ok(())
+        );
+    }
+
+    // Goal: promotion counts the learner as a started voter, only with the flag.
+    #[test]
+    fn strict_promotion_needs_a_quorum_of_started_voters() {
+        let now = Instant::now();
+        let m = membership(&[(1, true), (2, false), (3, false)], &[4]);
+        assert_eq!(
+            check(true, now, &[]).may_promote(&m),
+            Err(EtcdError::MemberNotEnoughStarted)
+        );
+        assert_eq!(check(false, now, &[]).may_promote(&m), Ok(()));
+        let m = membership(&[(1, true), (2, true), (3, false)], &[4]);
+        assert_eq!(check(true, now, &[]).may_promote(&m), Ok(()));
     }
 }

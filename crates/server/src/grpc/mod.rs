@@ -19,6 +19,8 @@ mod maintenance;
 mod peer_urls;
 mod watch;
 
+use std::sync::Arc;
+
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -31,6 +33,7 @@ use tonic::service::Routes;
 
 use crate::errors::RequestError;
 use crate::node::{Node, NodeStatus};
+use crate::peer::activity::PeerActivity;
 use crate::quota::Quota;
 
 /// gRPC decoding headroom above `--max-request-bytes` (etcd's `grpcOverheadBytes`).
@@ -47,6 +50,9 @@ pub struct ServiceLimits {
     pub election_timeout: std::time::Duration,
     /// etcd's minimum lease TTL for this member's timing, seconds.
     pub min_lease_ttl: i64,
+    /// `--strict-reconfig-check`: membership changes that would cost the quorum are
+    /// refused.
+    pub strict_reconfig_check: bool,
 }
 
 /// Refuses a request that asked for a leader (`hasleader=true` metadata, set by Go
@@ -91,8 +97,8 @@ pub(crate) use unimplemented_service;
 
 /// Every service as an axum router, with oversized requests reported as gRPC-Go (and
 /// so etcd) reports them.
-pub fn router(node: &Node, limits: ServiceLimits) -> axum::Router {
-    routes(node, limits)
+pub fn router(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>) -> axum::Router {
+    routes(node, limits, peers)
         .into_axum_router()
         .layer(axum::middleware::map_response(
             oversize_is_resource_exhausted,
@@ -178,7 +184,7 @@ impl http_body::Body for FixTrailers {
 }
 
 /// Every service, ready to become an axum router.
-fn routes(node: &Node, limits: ServiceLimits) -> Routes {
+fn routes(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>) -> Routes {
     let max_decoding = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     macro_rules! limited {
         ($server:ident, $svc:expr) => {
@@ -210,7 +216,10 @@ fn routes(node: &Node, limits: ServiceLimits) -> Routes {
         LeaseServer,
         lease::LeaseService::new(node, quota, limits.min_lease_ttl)
     ))
-    .add_service(limited!(ClusterServer, cluster::ClusterService::new(node)))
+    .add_service(limited!(
+        ClusterServer,
+        cluster::ClusterService::new(node, limits.strict_reconfig_check, peers)
+    ))
     .add_service(limited!(AuthServer, auth::AuthService))
     .add_service(limited!(
         LockServer,

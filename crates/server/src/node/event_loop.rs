@@ -30,7 +30,7 @@ use super::handle::{INPUT_QUEUE_CAPACITY, Input};
 use super::network::{Network, NetworkEvent, peer_list};
 use super::reads::ReadQueue;
 use super::status::NodeStatus;
-use super::{BACKEND_BATCH_INTERVAL, BACKEND_BATCH_LIMIT, DEFRAG_PATIENCE, NodeError};
+use super::{DEFRAG_PATIENCE, NodeError};
 use crate::apply::{Applier, ApplyResult, BatchContext, RaftConfig};
 use crate::clock;
 use crate::ids::MemberId;
@@ -79,7 +79,7 @@ pub struct RaftLoop {
     pub(super) entries_since_durable: u64,
     // Invariant: snapshot_index <= durable_index.
     pub(super) snapshot_index: u64,
-    pub(super) snapshot_count: u64,
+    pub(super) limits: LoopLimits,
     pub(super) conf_state: ConfState,
     heartbeat_interval: Duration,
     election_ticks: u64,
@@ -104,11 +104,29 @@ pub(super) struct LoopParts {
     pub network: Box<dyn Network>,
     pub join_peers: Vec<(MemberId, Vec<String>)>,
     pub snapshot_index: u64,
-    pub snapshot_count: u64,
+    pub limits: LoopLimits,
     pub conf_state: ConfState,
     pub heartbeat_interval: Duration,
     pub election_ticks: u64,
     pub now: Instant,
+}
+
+/// How often the loop makes the backend durable and snapshots, and what it keeps (the
+/// flags, through [`super::NodeConfig`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LoopLimits {
+    /// Applied entries between two Raft snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept in memory behind a snapshot for followers that lag a little.
+    pub snapshot_catchup_entries: u64,
+    /// Snapshot files kept; 0 keeps all.
+    pub max_snapshots: u64,
+    /// WAL segments kept once a snapshot released them; 0 keeps all.
+    pub max_wals: u64,
+    /// Longest a non-durable backend commit may stay the newest.
+    pub backend_batch_interval: Duration,
+    /// Most applied entries between two durable backend commits.
+    pub backend_batch_limit: u64,
 }
 
 /// The Raft core as apply sees it.
@@ -150,7 +168,7 @@ impl RaftLoop {
             last_durable_commit: p.now,
             entries_since_durable: 0,
             snapshot_index: p.snapshot_index,
-            snapshot_count: p.snapshot_count,
+            limits: p.limits,
             conf_state: p.conf_state,
             heartbeat_interval: p.heartbeat_interval,
             election_ticks: p.election_ticks,
@@ -302,7 +320,8 @@ impl RaftLoop {
             return Ok(Control::Continue);
         }
         if self.durable_index < self.applied_index
-            && now.saturating_duration_since(self.last_durable_commit) >= BACKEND_BATCH_INTERVAL
+            && now.saturating_duration_since(self.last_durable_commit)
+                >= self.limits.backend_batch_interval
         {
             self.durable_commit()?;
         }
@@ -557,8 +576,8 @@ impl RaftLoop {
         let durable = batch.must_be_durable()
             || self.stopping
             || self.now.saturating_duration_since(self.last_durable_commit)
-                >= BACKEND_BATCH_INTERVAL
-            || self.entries_since_durable + n >= BACKEND_BATCH_LIMIT;
+                >= self.limits.backend_batch_interval
+            || self.entries_since_durable + n >= self.limits.backend_batch_limit;
         if durable {
             // Invariant: the WAL's commit index is durable before the backend's is.
             self.wal.sync()?;

@@ -41,17 +41,31 @@
 //! # Durability without an fsync per batch
 //! The WAL holds every committed entry durably, so the backend need not fsync each apply
 //! batch: ordinary batches commit non-durably and a durable commit follows at least every
-//! [`BACKEND_BATCH_INTERVAL`] or [`BACKEND_BATCH_LIMIT`] entries (etcd's batch interval and
-//! limit), on compaction and configuration changes, before a Raft snapshot and at
-//! shutdown. After a crash the backend is at its last durable consistent index and Raft
-//! re-delivers everything after it; apply skips what the backend already has, so replay
-//! is idempotent. The rules that keep this sound, asserted after every turn:
+//! `--backend-batch-interval` or `--backend-batch-limit` applied entries (etcd's batch
+//! interval and limit: [`NodeConfig::backend_batch_interval`],
+//! [`NodeConfig::backend_batch_limit`]), on compaction and configuration changes, before
+//! a Raft snapshot and at shutdown. After a crash the backend is at its last durable
+//! consistent index and Raft re-delivers everything after it; apply skips what the
+//! backend already has, so replay is idempotent. The rules that keep this sound, asserted
+//! after every turn:
 //! - Invariant: the backend's durable consistent index never exceeds the WAL's durable
 //!   commit index (the WAL is synced before every durable backend commit).
 //! - Invariant: snapshot index <= durable index <= applied index = the backend's
 //!   consistent index <= the commit index.
 //! - Invariant: WAL segments are purged only below min(latest Raft snapshot, durable
-//!   backend consistent index), so replay always finds its entries.
+//!   backend consistent index), so replay always finds its entries; and only while more
+//!   than `--max-wals` segments exist (none with 0, etcd's "unlimited").
+//!
+//! After each Raft snapshot the loop keeps `--experimental-snapshot-catchup-entries` of
+//! log in memory behind it for followers that lag a little (a follower further behind
+//! gets the backend as a snapshot), and deletes the snapshot files beyond the newest
+//! `--max-snapshots` (0 keeps every one).
+//!
+//! # The data directory
+//! `<data-dir>/member/{wal,snap}` as etcd's, or the WAL in `--wal-dir` ([`DataLayout`]).
+//! Everything the member creates there is private to its owner, as etcd's: directories
+//! `0700`, files `0600`; an existing directory with another mode is used as it is, with
+//! etcd's warning ("check file permission").
 
 mod event_loop;
 mod handle;
@@ -88,15 +102,6 @@ use crate::ids::{ClusterId, MemberId};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 
-/// Longest a non-durable backend commit may stay the newest (etcd's batch interval).
-pub const BACKEND_BATCH_INTERVAL: Duration = Duration::from_millis(100);
-/// Most applied entries between two durable backend commits (etcd's batch limit).
-pub const BACKEND_BATCH_LIMIT: u64 = 10_000;
-/// Entries kept in memory behind a Raft snapshot for followers that lag a little
-/// (etcd's `SnapshotCatchUpEntries`).
-const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
-/// Snapshot files kept (etcd's `--max-snapshots` default).
-const MAX_SNAPSHOT_FILES: usize = 5;
 /// How long defragmentation waits for reads already under way to end (no new one begins
 /// meanwhile) before it gives up.
 const DEFRAG_PATIENCE: Duration = Duration::from_secs(5);
@@ -125,6 +130,8 @@ pub enum NodeError {
 /// What the loop needs to start.
 pub struct NodeConfig {
     pub data_dir: PathBuf,
+    /// `--wal-dir`: the WAL there instead of `<data-dir>/member/wal`.
+    pub wal_dir: Option<PathBuf>,
     pub member_id: MemberId,
     pub cluster_id: ClusterId,
     pub election_ticks: u64,
@@ -136,6 +143,23 @@ pub struct NodeConfig {
     pub pre_vote: bool,
     /// `--quota-backend-bytes`, the default already filled in.
     pub quota_backend_bytes: u64,
+    /// Raft snapshot files kept (`--max-snapshots`, etcd's default 5; 0 keeps all).
+    pub max_snapshots: u64,
+    /// WAL segments kept once a snapshot released them (`--max-wals`, etcd's default 5;
+    /// 0 keeps all).
+    pub max_wals: u64,
+    /// A WAL segment is cut at this size (etcd's 64 MiB,
+    /// [`retcd_wal::DEFAULT_SEGMENT_SIZE_BYTES`]; tests make it small).
+    pub wal_segment_size_bytes: u64,
+    /// Longest a non-durable backend commit may stay the newest
+    /// (`--backend-batch-interval`, etcd's 100 ms).
+    pub backend_batch_interval: Duration,
+    /// Most applied entries between two durable backend commits
+    /// (`--backend-batch-limit`, etcd's 10,000).
+    pub backend_batch_limit: u64,
+    /// Entries kept in memory behind a Raft snapshot for followers that lag a little
+    /// (`--experimental-snapshot-catchup-entries`, etcd's 5,000).
+    pub snapshot_catchup_entries: u64,
 }
 
 /// How a member with an empty data directory starts.
@@ -244,8 +268,8 @@ pub fn open(
     raft_seed: u64,
     network: impl FnOnce(MemberId, ClusterId) -> Box<dyn Network>,
 ) -> Result<Opened, NodeError> {
-    let layout = DataLayout::new(&cfg.data_dir);
-    std::fs::create_dir_all(&layout.snap_dir)?;
+    let layout = DataLayout::new(&cfg.data_dir, cfg.wal_dir.as_deref());
+    layout.prepare()?;
     let backend = RedbBackend::open(&layout.db_path, &RedbConfig::default())?;
     let kv = Arc::new(KvStore::open(backend)?);
     let snapshotter = Snapshotter::new(&layout.snap_dir)?;
@@ -328,7 +352,14 @@ pub fn open(
         network,
         join_peers,
         snapshot_index,
-        snapshot_count: cfg.snapshot_count,
+        limits: event_loop::LoopLimits {
+            snapshot_count: cfg.snapshot_count,
+            snapshot_catchup_entries: cfg.snapshot_catchup_entries,
+            max_snapshots: cfg.max_snapshots,
+            max_wals: cfg.max_wals,
+            backend_batch_interval: cfg.backend_batch_interval,
+            backend_batch_limit: cfg.backend_batch_limit,
+        },
         conf_state,
         heartbeat_interval: cfg.heartbeat_interval,
         election_ticks: cfg.election_ticks,

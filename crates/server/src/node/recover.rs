@@ -17,22 +17,104 @@ use super::{Bootstrap, NodeConfig, NodeError};
 use crate::ids::{ClusterId, MemberId};
 use crate::membership::Member;
 
-/// `<data-dir>/member/wal`, `<data-dir>/member/snap` and `<data-dir>/member/snap/db`.
+/// Where a member keeps what: `<data-dir>/member/wal` (or `--wal-dir`),
+/// `<data-dir>/member/snap` and `<data-dir>/member/snap/db`, as etcd's.
 pub struct DataLayout {
+    pub data_dir: PathBuf,
+    pub member_dir: PathBuf,
     pub wal_dir: PathBuf,
     pub snap_dir: PathBuf,
     pub db_path: PathBuf,
 }
 
+/// Mode of the directories a member creates (etcd's `PrivateDirMode`); its files are
+/// `0600` (`retcd_wal::PRIVATE_FILE_MODE`).
+const PRIVATE_DIR_MODE: u32 = retcd_wal::PRIVATE_DIR_MODE;
+
 impl DataLayout {
-    pub fn new(data_dir: &Path) -> Self {
+    /// The layout under `data_dir`; with `wal_dir` (etcd's `--wal-dir`, a dedicated WAL
+    /// directory) the WAL lives there and everything else stays under `data_dir`.
+    pub fn new(data_dir: &Path, wal_dir: Option<&Path>) -> Self {
         let member = data_dir.join("member");
         DataLayout {
-            wal_dir: member.join("wal"),
+            data_dir: data_dir.to_path_buf(),
+            wal_dir: wal_dir.map_or_else(|| member.join("wal"), Path::to_path_buf),
             snap_dir: member.join("snap"),
             db_path: member.join("snap").join("db"),
+            member_dir: member,
         }
     }
+
+    /// Creates the data, member and snapshot directories that are missing (mode `0700`,
+    /// missing parents too), and warns about each existing one, the WAL directory
+    /// included, whose mode is not `0700`, as etcd does; it is used anyway. The WAL
+    /// directory itself is created with the WAL (its existence says the member has
+    /// started before).
+    pub fn prepare(&self) -> std::io::Result<()> {
+        for dir in [&self.data_dir, &self.member_dir, &self.snap_dir] {
+            touch_dir(dir)?;
+        }
+        if self.wal_dir.is_dir() {
+            warn_unless_private(&self.wal_dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// etcd's `TouchDirAll`: creates `dir` (and its missing parents) private to the owner,
+/// or warns if it exists with another mode.
+fn touch_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.exists() {
+        return warn_unless_private(dir);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Logs etcd's warning (same words, so operators' searches find it) when an existing
+/// directory's permission bits are not `0700`.
+fn warn_unless_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o777 != PRIVATE_DIR_MODE {
+        tracing::warn!(
+            error = %format!(
+                "directory {:?} exist, but the permission is {:?}. The recommended permission is {:?} to prevent possible unprivileged access to the data",
+                dir.display().to_string(),
+                go_file_mode(mode, true),
+                go_file_mode(PRIVATE_DIR_MODE, false),
+            ),
+            "check file permission"
+        );
+    }
+    Ok(())
+}
+
+/// A Unix mode as Go's `os.FileMode.String` writes it (`drwxr-xr-x`, `-rwx------`),
+/// which etcd's warning quotes.
+fn go_file_mode(mode: u32, is_dir: bool) -> String {
+    let mut out = String::new();
+    if is_dir {
+        out.push('d');
+    }
+    for (bit, c) in [(0o4000, 'u'), (0o2000, 'g'), (0o1000, 't')] {
+        if mode & bit != 0 {
+            out.push(c);
+        }
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 0o7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        out.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    out
 }
 
 /// The WAL's metadata record: member id and cluster id, 8 bytes each, big-endian.
@@ -109,7 +191,10 @@ pub(super) fn recover_or_bootstrap(
     snapshotter: &Snapshotter,
     kv: &KvStore<RedbBackend>,
 ) -> Result<Recovered, NodeError> {
-    let wal_opts = WalOptions::default();
+    let wal_opts = WalOptions {
+        segment_size_bytes: cfg.wal_segment_size_bytes,
+        ..WalOptions::default()
+    };
     let ci = kv.consistent_index();
     if Wal::exists(&layout.wal_dir, &StdVfs)? {
         let markers = retcd_wal::valid_snapshot_markers(&layout.wal_dir, &wal_opts)?;
@@ -118,7 +203,7 @@ pub(super) fn recover_or_bootstrap(
         let from = snapshot.as_ref().map_or(SnapshotMarker::new(0, 0), |s| {
             SnapshotMarker::new(s.metadata.index, s.metadata.term)
         });
-        let (wal, recovered) = Wal::open(&layout.wal_dir, &from)?;
+        let (wal, recovered) = Wal::open_with(&layout.wal_dir, &from, wal_opts)?;
         let (member_id, cluster_id) = decode_wal_metadata(&recovered.metadata)?;
         if member_id != cfg.member_id || cluster_id != cfg.cluster_id {
             tracing::warn!(
@@ -218,9 +303,10 @@ pub(super) fn recover_or_bootstrap(
         )?;
         tx.commit()?;
     }
-    let mut wal = Wal::create(
+    let mut wal = Wal::create_with(
         &layout.wal_dir,
         &encode_wal_metadata(cfg.member_id, cfg.cluster_id),
+        wal_opts,
     )?;
     let storage = MemStorage::new();
     let joining = match &cfg.bootstrap {
@@ -243,6 +329,7 @@ pub(super) fn recover_or_bootstrap(
         cluster_id = %cfg.cluster_id,
         joining,
         data_dir = %cfg.data_dir.display(),
+        wal_dir = %layout.wal_dir.display(),
         "starting a new member"
     );
     Ok(Recovered {
@@ -287,4 +374,30 @@ pub(super) fn install_image(kv: &KvStore<RedbBackend>, image: &Path) -> Result<(
         tracing::warn!(path = %image.display(), error = %e, "cannot remove an installed snapshot image");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: etcd's permission warning quotes modes as Go prints them.
+    #[test]
+    fn modes_read_as_gos_file_mode() {
+        assert_eq!(go_file_mode(0o755, true), "drwxr-xr-x");
+        assert_eq!(go_file_mode(0o700, false), "-rwx------");
+        assert_eq!(go_file_mode(0o2770, true), "dgrwxrwx---");
+        assert_eq!(go_file_mode(0o1777, true), "dtrwxrwxrwx");
+    }
+
+    // Goal: --wal-dir moves the WAL only; everything else stays under the data directory.
+    #[test]
+    fn a_dedicated_wal_dir_moves_only_the_wal() {
+        let default = DataLayout::new(Path::new("/d"), None);
+        assert_eq!(default.wal_dir, Path::new("/d/member/wal"));
+        let dedicated = DataLayout::new(Path::new("/d"), Some(Path::new("/w")));
+        assert_eq!(dedicated.wal_dir, Path::new("/w"));
+        assert_eq!(dedicated.snap_dir, Path::new("/d/member/snap"));
+        assert_eq!(dedicated.db_path, Path::new("/d/member/snap/db"));
+        assert_eq!(dedicated.member_dir, Path::new("/d/member"));
+    }
 }

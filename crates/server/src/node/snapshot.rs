@@ -2,6 +2,7 @@
 //! and the membership: the backend is the state), sent to a member too far behind for
 //! the log (a backend image written on the loop), and installed when received.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -9,9 +10,9 @@ use retcd_backend::{Backend, ReadTx as _};
 use retcd_raft::{Message, Snapshot, SnapshotStatus, Storage as _};
 use retcd_wal::SnapshotMarker;
 
+use super::NodeError;
 use super::event_loop::RaftLoop;
 use super::recover::{install_image, snapshot_image_path};
-use super::{MAX_SNAPSHOT_FILES, NodeError, SNAPSHOT_CATCH_UP_ENTRIES};
 use crate::clock;
 use crate::ids::MemberId;
 
@@ -19,7 +20,9 @@ impl RaftLoop {
     /// After `--snapshot-count` applied entries (or when forced): a Raft snapshot, the WAL
     /// marker, log compaction, and purging of old files.
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
-        if self.applied_index < self.snapshot_index + self.snapshot_count && !self.force_snapshot {
+        if self.applied_index < self.snapshot_index + self.limits.snapshot_count
+            && !self.force_snapshot
+        {
             return Ok(());
         }
         self.force_snapshot = false;
@@ -41,22 +44,12 @@ impl RaftLoop {
             term: snap.metadata.term,
             conf_state: self.conf_state.clone(),
         })?;
-        let compact_to = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES);
+        let compact_to = index.saturating_sub(self.limits.snapshot_catchup_entries);
         if compact_to >= self.storage.first_index().unwrap_or(1) {
             self.storage.compact(compact_to)?;
         }
         self.snapshot_index = index;
-        let purge_below = self.snapshot_index.min(self.durable_index);
-        let purged = match self.wal.purge_to(purge_below) {
-            Ok(files) => files.len(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not purge old WAL segments; will retry");
-                0
-            }
-        };
-        if let Err(e) = self.snapshotter.purge(MAX_SNAPSHOT_FILES) {
-            tracing::warn!(error = %e, "could not purge old snapshot files; will retry");
-        }
+        let purged = self.purge_files();
         tracing::info!(
             snapshot_index = index,
             term = snap.metadata.term,
@@ -65,6 +58,36 @@ impl RaftLoop {
             "saved raft snapshot"
         );
         Ok(())
+    }
+
+    /// Deletes what the snapshot just taken released, as etcd's `--max-wals` and
+    /// `--max-snapshots` ask: WAL segments wholly below min(snapshot, durable consistent
+    /// index) beyond the newest `max_wals` segments, and snapshot files beyond the newest
+    /// `max_snapshots` (either 0: that kind is never deleted). Returns how many segments
+    /// went. A failure leaves files behind for the next snapshot to retry.
+    fn purge_files(&mut self) -> usize {
+        let mut purged = 0;
+        if self.limits.max_wals > 0 {
+            // Invariant: replay needs every entry after the snapshot it starts from and
+            // after the durable consistent index (see the module docs).
+            let purge_below = self.snapshot_index.min(self.durable_index);
+            let keep = usize::try_from(self.limits.max_wals).unwrap_or(usize::MAX);
+            match self.wal.purge_to(purge_below, keep) {
+                Ok(files) => purged = files.len(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not purge old WAL segments; will retry");
+                }
+            }
+        }
+        // With no limit, only leftover temporary files go.
+        let keep = match self.limits.max_snapshots {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        if let Err(e) = self.snapshotter.purge(keep) {
+            tracing::warn!(error = %e, "could not purge old snapshot files; will retry");
+        }
+        purged
     }
 
     /// Sends a follower that is too far behind the whole backend. The image is written
@@ -88,7 +111,12 @@ impl RaftLoop {
             .join(format!("outgoing-{:016x}-{index:016x}.img", m.to));
         let start = Instant::now();
         let info = {
-            let file = std::fs::File::create(&path)?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(retcd_wal::PRIVATE_FILE_MODE)
+                .open(&path)?;
             let mut out = std::io::BufWriter::new(file);
             let tx = self.kv.backend().begin_read()?;
             let info = tx.write_snapshot(&mut out)?;

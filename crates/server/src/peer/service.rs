@@ -144,7 +144,15 @@ impl Peer for PeerService {
         let final_path = snapshot_image_path(&snap_dir, index);
         let tmp = final_path.with_extension("db.part");
         let io = |e: std::io::Error| Status::internal(format!("saving snapshot image: {e}"));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        // Private to the owner, as everything in the data directory.
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(retcd_wal::PRIVATE_FILE_MODE)
+            .open(&tmp)
+            .await
+            .map_err(io)?;
         let mut bytes = first.data.len() as u64;
         file.write_all(&first.data).await.map_err(io)?;
         while let Some(chunk) = stream.message().await? {

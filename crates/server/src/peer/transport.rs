@@ -12,6 +12,9 @@
 //! blackholed link) within about two seconds, after which the call fails and the task
 //! reconnects.
 //!
+//! A peer counts as active ([`PeerActivity`]) from its first answer to a probe on a
+//! connection until that connection fails.
+//!
 //! Snapshots go separately ([`Transport::send_snapshot`]): a task streams the image file
 //! the loop wrote, in chunks, on its own call, and tells the loop how it went.
 
@@ -27,6 +30,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
+use super::activity::PeerActivity;
 use super::codec::encode_message;
 use super::dial::Dialer;
 use crate::ids::{ClusterId, MemberId};
@@ -62,6 +66,7 @@ pub struct Transport {
     events: StdSender<NetworkEvent>,
     dialer: Dialer,
     metrics: std::sync::Arc<Metrics>,
+    activity: std::sync::Arc<PeerActivity>,
 }
 
 impl Transport {
@@ -72,6 +77,7 @@ impl Transport {
         events: StdSender<NetworkEvent>,
         dialer: Dialer,
         metrics: std::sync::Arc<Metrics>,
+        activity: std::sync::Arc<PeerActivity>,
     ) -> Transport {
         Transport {
             runtime,
@@ -81,6 +87,7 @@ impl Transport {
             events,
             dialer,
             metrics,
+            activity,
         }
     }
 
@@ -92,6 +99,7 @@ impl Transport {
             let keep = peers.iter().any(|(p, _)| p == id);
             if !keep {
                 h.task.abort();
+                self.activity.deactivate(*id);
             }
             keep
         });
@@ -120,6 +128,7 @@ impl Transport {
                 events: self.events.clone(),
                 dialer: self.dialer.clone(),
                 metrics: self.metrics.clone(),
+                activity: self.activity.clone(),
             }));
             map.insert(
                 *id,
@@ -173,8 +182,9 @@ impl Transport {
     }
 
     pub fn shutdown(&self) {
-        for (_, h) in self.peers.lock().expect("transport lock").drain() {
+        for (id, h) in self.peers.lock().expect("transport lock").drain() {
             h.task.abort();
+            self.activity.deactivate(id);
         }
     }
 }
@@ -199,6 +209,7 @@ struct PeerTask {
     events: StdSender<NetworkEvent>,
     dialer: Dialer,
     metrics: std::sync::Arc<Metrics>,
+    activity: std::sync::Arc<PeerActivity>,
 }
 
 async fn peer_task(mut t: PeerTask) {
@@ -225,6 +236,7 @@ async fn peer_task(mut t: PeerTask) {
                 }
             }
         }
+        t.activity.deactivate(t.peer);
         let _ = t.events.send(NetworkEvent::Unreachable(t.peer));
         t.metrics.peer.send_failed(t.peer.0);
         // While disconnected, queued messages are stale by the time we reconnect;
@@ -264,6 +276,7 @@ async fn stream_to(t: &mut PeerTask, channel: Channel) -> bool {
                 add_headers(&mut req, t.local, t.cluster);
                 if tokio::time::timeout(PROBE_INTERVAL, prober.probe(req)).await.is_ok_and(|r| r.is_ok()) {
                     t.metrics.peer.round_trip(t.peer.0, started.elapsed());
+                    t.activity.activate(t.peer, std::time::Instant::now());
                 }
             }
             m = t.queue.recv() => {

@@ -321,3 +321,28 @@ pub async fn put_until_refused(c: &mut etcd_client::Client, max: usize) -> (usiz
     }
     panic!("{max} puts of 64 KiB were never refused");
 }
+
+/// etcd's refusal of a membership change while the member has not been connected to its
+/// peers for its 5 s health interval (`--strict-reconfig-check`), retcd's too.
+pub const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
+
+/// Runs the membership change `f` again while it is refused with [`UNHEALTHY`], until
+/// [`DEADLINE`]; any other answer is returned. Only that refusal is retried: nothing was
+/// proposed, while a change that went through may not be repeatable.
+pub async fn when_healthy<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match f().await {
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.message() == UNHEALTHY && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
