@@ -140,7 +140,8 @@ impl Server {
             strict_reconfig_check: config.strict_reconfig_check,
         };
         let http_state = Arc::new(HttpState { node: node.clone() });
-        let grpc_router = grpc::router(&node, limits, peer_activity);
+        let strict_reconfig_check = limits.strict_reconfig_check;
+        let grpc_router = grpc::router(&node, limits, peer_activity.clone(), dialer.clone());
         let grpc_metrics = node.metrics.grpc.clone();
         let track = move |router: axum::Router| {
             let grpc_metrics = grpc_metrics.clone();
@@ -158,7 +159,13 @@ impl Server {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX),
         )
-        .into_axum_router();
+        .into_axum_router()
+        .merge(grpc::promote_route(
+            &node,
+            strict_reconfig_check,
+            peer_activity,
+            dialer.clone(),
+        ));
         let router_for = |role: Role| match role {
             Role::Client => track(http::add_routes(
                 grpc_router.clone(),

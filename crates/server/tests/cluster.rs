@@ -832,3 +832,80 @@ async fn nospace_is_cluster_wide_until_disarmed() {
         .await;
     }
 }
+
+// Goal: with peer mTLS, a promotion sent to a follower reaches the leader over the peer
+// transport (TLS, peer certificates), as etcd forwards it to the leader's peer URL, and
+// the learner becomes a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_is_forwarded_over_peer_tls() {
+    use retcd_testkit::pki::{Ca, Leaf};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = Ca::new(dir.path(), "peer-ca");
+    let (pair, _) = ca.issue("peer", &Leaf::default());
+    let mut spec = spec(3).peer_https(true);
+    for arg in [
+        format!("--peer-cert-file={}", pair.cert()),
+        format!("--peer-key-file={}", pair.key()),
+        format!("--peer-trusted-ca-file={}", ca.cert()),
+        "--peer-client-cert-auth".to_string(),
+    ] {
+        spec = spec.extra_arg(arg);
+    }
+    let mut cluster = blocking(|| Cluster::start(spec)).unwrap();
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let c = cluster.client(leader).await.unwrap();
+    let (peer_url, index) = cluster.add_member("learner").unwrap();
+    assert!(peer_url.starts_with("https://"), "{peer_url}");
+    let added = when_healthy(|| {
+        let mut c = c.clone();
+        let url = peer_url.clone();
+        async move {
+            c.member_add([url], Some(MemberAddOptions::new().with_is_learner()))
+                .await
+        }
+    })
+    .await
+    .unwrap();
+    let learner_id = added.member().unwrap().id();
+    let initial = format!(
+        "{},learner={peer_url}",
+        cluster.initial_cluster_of(&[0, 1, 2])
+    );
+    blocking(|| cluster.start_added(index, &initial)).unwrap();
+    let follower = (leader + 1) % 3;
+    let f = cluster.client(follower).await.unwrap();
+    eventually(
+        "the learner is promoted through a follower",
+        Duration::from_secs(20),
+        || {
+            let mut f = f.clone();
+            async move { f.member_promote(learner_id).await.is_ok() }
+        },
+    )
+    .await;
+    let mut c = c.clone();
+    let list = c.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 4);
+    assert!(list.members().iter().all(|m| !m.is_learner()));
+    // The follower answered the client; the leader never saw the call on its client
+    // listener (its gRPC metrics count only client listeners): it came over the peer one.
+    let promotions = |member: usize| {
+        let port = cluster
+            .client_url(member)
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (_, text) = common::http_get(port, "/metrics").unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{"))
+            .filter(|l| {
+                l.contains(r#"grpc_method="MemberPromote""#) && l.contains(r#"grpc_code="OK""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(promotions(follower) >= 1.0);
+    assert_eq!(promotions(leader), 0.0);
+}

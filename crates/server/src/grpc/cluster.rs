@@ -36,6 +36,7 @@ use crate::ids::{self, MemberId};
 use crate::membership::{Member, Membership};
 use crate::node::{Node, NodeHandle, NodeStatus};
 use crate::peer::activity::PeerActivity;
+use crate::peer::dial::Dialer;
 
 use super::peer_urls::parse_peer_urls;
 
@@ -47,17 +48,30 @@ const LEARNER_READY_PERCENT: f64 = 0.9;
 /// How long a peer must have been connected to count towards the quorum a change keeps
 /// (etcd's `HealthInterval`).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The one Cluster method the peer listener serves (see `grpc::promote_route`).
+pub const PROMOTE_PATH: &str = "/etcdserverpb.Cluster/MemberPromote";
+/// Metadata on a promotion a member forwarded to the leader: the receiver does not
+/// forward it again (a leader that just lost its leadership answers "no leader", and
+/// the client retries), so a promotion never bounces between members.
+const FORWARDED: &str = "retcd-forwarded";
 
 pub struct ClusterService {
     handle: Arc<NodeHandle>,
     status: Arc<NodeStatus>,
     strict: StrictCheck,
+    /// Dials the leader's peer URLs to forward a promotion.
+    dialer: Dialer,
 }
 
 impl ClusterService {
     /// `strict_reconfig_check` is the flag; `peers` the transport's view of which peer
-    /// connections work.
-    pub fn new(node: &Node, strict_reconfig_check: bool, peers: Arc<PeerActivity>) -> Self {
+    /// connections work; `dialer` the peer transport's (TLS included).
+    pub fn new(
+        node: &Node,
+        strict_reconfig_check: bool,
+        peers: Arc<PeerActivity>,
+        dialer: Dialer,
+    ) -> Self {
         ClusterService {
             handle: node.handle.clone(),
             status: node.status.clone(),
@@ -65,6 +79,7 @@ impl ClusterService {
                 enabled: strict_reconfig_check,
                 peers,
             },
+            dialer,
         }
     }
 
@@ -170,11 +185,15 @@ impl ClusterService {
     async fn promote(
         &self,
         req: MemberPromoteRequest,
+        forwarded: bool,
     ) -> Result<MemberPromoteResponse, RequestError> {
         let id = MemberId(req.id);
         let current = self.status.membership();
         current.check_promote(id).map_err(|r| r.to_error())?;
         if !self.status.is_leader() {
+            if forwarded {
+                return Err(EtcdError::NoLeader.into());
+            }
             // Only the leader knows how far the learner is; etcd forwards there too.
             return self.forward_promote(req).await;
         }
@@ -210,18 +229,23 @@ impl ClusterService {
         if leader == 0 {
             return Err(EtcdError::NoLeader.into());
         }
+        // The leader's peer URLs, dialed as the peer transport dials them (TLS with
+        // the peer certificates when they are https), as etcd forwards to the leader's
+        // peer HTTP handler.
         let urls = self
             .status
             .membership()
             .get(MemberId(leader))
-            .map(|m| m.client_urls.clone())
+            .map(|m| m.peer_urls.clone())
             .unwrap_or_default();
-        // The leader's client URLs, dialed in the clear: promotion is forwarded only
-        // between members with plaintext client URLs for now.
-        let channel = crate::peer::dial::Dialer::default()
+        let channel = self
+            .dialer
             .connect(&urls)
             .await
             .map_err(|_| RequestError::from(EtcdError::NoLeader))?;
+        let mut req = Request::new(req);
+        req.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         match ClusterClient::new(channel).member_promote(req).await {
             Ok(resp) => Ok(resp.into_inner()),
             Err(status) => Err(EtcdError::from_status(&status)
@@ -271,7 +295,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Ok(Response::new(self.promote(request.into_inner()).await?))
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        Ok(Response::new(
+            self.promote(request.into_inner(), forwarded).await?,
+        ))
     }
 }
 

@@ -34,6 +34,7 @@ use tonic::service::Routes;
 use crate::errors::RequestError;
 use crate::node::{Node, NodeStatus};
 use crate::peer::activity::PeerActivity;
+use crate::peer::dial::Dialer;
 use crate::quota::Quota;
 
 /// gRPC decoding headroom above `--max-request-bytes` (etcd's `grpcOverheadBytes`).
@@ -97,12 +98,35 @@ pub(crate) use unimplemented_service;
 
 /// Every service as an axum router, with oversized requests reported as gRPC-Go (and
 /// so etcd) reports them.
-pub fn router(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>) -> axum::Router {
-    routes(node, limits, peers)
+pub fn router(
+    node: &Node,
+    limits: ServiceLimits,
+    peers: Arc<PeerActivity>,
+    dialer: Dialer,
+) -> axum::Router {
+    routes(node, limits, peers, dialer)
         .into_axum_router()
         .layer(axum::middleware::map_response(
             oversize_is_resource_exhausted,
         ))
+}
+
+/// `Cluster.MemberPromote` alone, for the peer listener: a member that is not the
+/// leader forwards a promotion there (only the leader knows how far the learner is),
+/// with the peer transport's TLS, as etcd forwards to the leader's peer URLs.
+pub fn promote_route(
+    node: &Node,
+    strict_reconfig_check: bool,
+    peers: Arc<PeerActivity>,
+    dialer: Dialer,
+) -> axum::Router {
+    let cluster = ClusterServer::new(cluster::ClusterService::new(
+        node,
+        strict_reconfig_check,
+        peers,
+        dialer,
+    ));
+    axum::Router::new().route_service(cluster::PROMOTE_PATH, cluster)
 }
 
 /// tonic refuses a request above its decoding limit with `OutOfRange`; gRPC-Go, which
@@ -184,7 +208,7 @@ impl http_body::Body for FixTrailers {
 }
 
 /// Every service, ready to become an axum router.
-fn routes(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>) -> Routes {
+fn routes(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>, dialer: Dialer) -> Routes {
     let max_decoding = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     macro_rules! limited {
         ($server:ident, $svc:expr) => {
@@ -218,7 +242,7 @@ fn routes(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>) -> Route
     ))
     .add_service(limited!(
         ClusterServer,
-        cluster::ClusterService::new(node, limits.strict_reconfig_check, peers)
+        cluster::ClusterService::new(node, limits.strict_reconfig_check, peers, dialer)
     ))
     .add_service(limited!(AuthServer, auth::AuthService))
     .add_service(limited!(
