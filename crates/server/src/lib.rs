@@ -4,7 +4,7 @@
 //!
 //! # Place in the data flow
 //! ```text
-//! client --gRPC/HTTP--> grpc::<service>      validate (etcd's exact errors)
+//! client --gRPC/HTTP (TLS)--> grpc::<service>  validate (etcd's exact errors)
 //!   write: InternalRaftRequest --> node (the raft loop, one OS thread) --> Raft
 //!          --> WAL fsync --> apply (one MVCC write batch per Ready, consistent index
 //!          inside) --> watchers --> answer the proposer
@@ -27,10 +27,14 @@
 //! - `corrupt`: the initial corruption check, HashKV compared with the peers before
 //!   serving (`--experimental-initial-corrupt-check`).
 //! - `http`: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`.
-//! - [`metrics`]: a small Prometheus registry with etcd's metric names.
+//! - [`metrics`]: a small Prometheus registry with etcd's metric names, gRPC server
+//!   and peer network families included.
 //! - `errors`: the one place request errors become `tonic::Status`.
 //! - `clock`: the one place the server reads clocks.
-//! - `server`: listeners, wiring and ordered shutdown.
+//! - `server`: start order, wiring and ordered shutdown; `serving`: what each listen URL
+//!   serves and with which TLS (etcd's rules); `listen`: binding and serving a URL.
+//! - `tls`: rustls on every listener and for dialing peers (reload, handshake deadline,
+//!   allow-lists, auto-TLS).
 //!
 //! # Decisions, and why
 //! - **One raft thread.** The Raft core, the WAL and MVCC's write batch (which is `!Send`)
