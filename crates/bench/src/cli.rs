@@ -3,6 +3,7 @@
 //! `--val-size`, `--key-space-size`, `--sequential-keys`) and one subcommand
 //! per workload. Global flags may stand before or after the subcommand.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -26,7 +27,9 @@ pub struct Cli {
 /// Flags shared by every workload.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// gRPC endpoints, comma-separated, as host:port or http://host:port.
+    /// gRPC endpoints, comma-separated, as host:port, http://host:port or
+    /// https://host:port. A bare host:port is plaintext, or TLS when
+    /// --cacert, --cert or --key is given (as with etcd's benchmark).
     /// Connections are spread over them round-robin.
     #[arg(
         long,
@@ -89,6 +92,33 @@ pub struct GlobalArgs {
     #[arg(long, global = true, default_value_t = 2)]
     pub threads: usize,
 
+    /// PEM file of the CA that verifies the server's certificate. Required
+    /// for every TLS endpoint: retcd-bench does not use the system's roots.
+    /// The server name checked is the endpoint's host (an IP address or a
+    /// DNS name).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// PEM file of the client certificate presented to the server (with
+    /// --key), for servers started with --client-cert-auth.
+    #[arg(
+        long = "cert",
+        global = true,
+        value_name = "FILE",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+
+    /// PEM file of the private key of --cert.
+    // Not `key`: that is range's positional KEY, and global flags share ids with it.
+    #[arg(
+        long = "key",
+        global = true,
+        value_name = "FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+
     /// Time allowed to establish each connection (e.g. 500ms, 5s, 1m).
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub dial_timeout: Duration,
@@ -97,6 +127,14 @@ pub struct GlobalArgs {
     /// DeadlineExceeded error; a watch stream idle this long stops waiting.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+}
+
+impl GlobalArgs {
+    /// Whether any of --cacert, --cert and --key was given: bare host:port
+    /// endpoints then use TLS.
+    pub fn tls_flags(&self) -> bool {
+        self.cacert.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 /// The workloads.
@@ -204,6 +242,27 @@ impl Cli {
         let invalid = |msg: String| Err(BenchError::InvalidArgument(msg));
         if g.endpoints.is_empty() || g.endpoints.iter().any(|e| e.trim().is_empty()) {
             return invalid("--endpoints must name at least one endpoint".into());
+        }
+        let tls_flags = g.tls_flags();
+        let mut any_tls = false;
+        for endpoint in &g.endpoints {
+            let uri = crate::conn::endpoint_uri(endpoint, tls_flags)?;
+            if crate::conn::is_tls(&uri) {
+                any_tls = true;
+                if g.cacert.is_none() {
+                    return invalid(format!(
+                        "TLS endpoint {uri} needs --cacert (the CA that signed the \
+                         server's certificate); retcd-bench does not use the system's roots"
+                    ));
+                }
+            }
+        }
+        if tls_flags && !any_tls {
+            return invalid(
+                "--cacert, --cert and --key need a TLS endpoint, but every endpoint \
+                 is http://"
+                    .into(),
+            );
         }
         if g.conns == 0 || g.clients == 0 || g.total == 0 || g.threads == 0 {
             return invalid("--conns, --clients, --total and --threads must be > 0".into());
@@ -403,6 +462,84 @@ mod tests {
                 "{args:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn tls_flags_parse_and_make_bare_endpoints_tls() {
+        let cli = parse(&[
+            "--endpoints",
+            "127.0.0.1:2379",
+            "--cacert",
+            "ca.pem",
+            "put",
+            "--cert",
+            "client.pem",
+            "--key",
+            "client-key.pem",
+        ])
+        .unwrap();
+        let g = &cli.global;
+        assert_eq!(g.cacert.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(
+            g.cert_file.as_deref(),
+            Some(std::path::Path::new("client.pem"))
+        );
+        assert_eq!(
+            g.key_file.as_deref(),
+            Some(std::path::Path::new("client-key.pem"))
+        );
+        assert!(g.tls_flags());
+        cli.validate().unwrap();
+        assert!(!parse(&["put"]).unwrap().global.tls_flags());
+        // --cacert alone (no client certificate) and an explicit https:// are fine.
+        parse(&["--endpoints", "https://a:1", "--cacert", "ca.pem", "put"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        // --key is not range's KEY.
+        let cli = parse(&["range", "k", "--cacert", "c", "--cert", "x", "--key", "y"]).unwrap();
+        let Command::Range(r) = &cli.command else {
+            panic!("expected range")
+        };
+        assert_eq!(r.key, "k");
+        assert_eq!(
+            cli.global.key_file.as_deref(),
+            Some(std::path::Path::new("y"))
+        );
+        // --cert and --key only together.
+        assert!(parse(&["--cacert", "c", "--cert", "x", "put"]).is_err());
+        assert!(parse(&["--cacert", "c", "--key", "x", "put"]).is_err());
+    }
+
+    // Goal: an https endpoint without --cacert is a clear error before any connection
+    // (retcd-bench has no system roots), and TLS flags with only http:// endpoints are
+    // not silently ignored.
+    #[test]
+    fn tls_needs_cacert_and_a_tls_endpoint() {
+        for args in [
+            &["--endpoints", "https://127.0.0.1:2379", "put"][..],
+            &["--endpoints", "127.0.0.1:1,https://127.0.0.1:2", "put"],
+            &["--cert", "c.pem", "--key", "k.pem", "put"],
+        ] {
+            let err = parse(args).unwrap().validate().unwrap_err();
+            assert!(
+                matches!(&err, BenchError::InvalidArgument(m) if m.contains("needs --cacert")),
+                "{args:?}: {err}"
+            );
+        }
+        let err = parse(&["--endpoints", "http://a:1", "--cacert", "ca.pem", "put"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(&err, BenchError::InvalidArgument(m) if m.contains("every endpoint is http://")),
+            "{err}"
+        );
+        let err = parse(&["--endpoints", "ftp://a:1", "put"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, BenchError::InvalidEndpoint { .. }), "{err}");
     }
 
     #[test]

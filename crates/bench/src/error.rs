@@ -9,7 +9,8 @@ pub enum BenchError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    /// An endpoint is not a `host:port` or `http://host:port`.
+    /// An endpoint is not a `host:port`, `http://host:port` or
+    /// `https://host:port`, or is a TLS endpoint without `--cacert`.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
 

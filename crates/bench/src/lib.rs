@@ -8,7 +8,8 @@
 //! # Shape of a run
 //!
 //! ```text
-//! cli::Cli --validate--> conn::connect (--conns HTTP/2 channels, round-robin over --endpoints)
+//! cli::Cli --validate--> conn::connect (--conns HTTP/2 channels, plaintext or TLS,
+//!   round-robin over --endpoints)
 //!   --> workload::<name>: unmeasured setup (leases to keep alive, watchers)
 //!   --> runner::run_closed_loop: --clients tasks, each sending request i (from a shared
 //!       counter) as soon as its previous answer arrived, until --total were sent

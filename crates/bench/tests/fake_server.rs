@@ -18,10 +18,12 @@ use retcd_api::etcdserverpb::watch_request::RequestUnion;
 use retcd_api::etcdserverpb::watch_server::{Watch, WatchServer};
 use retcd_api::etcdserverpb::*;
 use retcd_api::mvccpb::{Event, KeyValue};
+use retcd_testkit::pki::{Ca, Leaf, Pair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -291,6 +293,14 @@ async fn start_fake(fail_every: u64) -> FakeServer {
 }
 
 async fn start_fake_publishing(fail_every: u64, publish_first: i64) -> FakeServer {
+    start_fake_with(fail_every, publish_first, None).await
+}
+
+async fn start_fake_with(
+    fail_every: u64,
+    publish_first: i64,
+    tls: Option<ServerTlsConfig>,
+) -> FakeServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -302,7 +312,11 @@ async fn start_fake_publishing(fail_every: u64, publish_first: i64) -> FakeServe
         publish_first,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).expect("server TLS config");
+    }
+    let server = builder
         .add_service(KvServer::new(fake.clone()))
         .add_service(WatchServer::new(fake.clone()))
         .add_service(LeaseServer::new(fake.clone()))
@@ -418,6 +432,93 @@ async fn setup_failures_are_errors_not_panics() {
         "put",
     ])
     .unwrap();
+    let err = retcd_bench::run(&cli).await.unwrap_err();
+    assert!(
+        matches!(err, retcd_bench::BenchError::Connect { .. }),
+        "{err}"
+    );
+}
+
+/// The fake behind TLS with the server certificate `server`, requiring client
+/// certificates signed by `ca` (etcd's --client-cert-auth).
+async fn start_fake_tls(ca: &Ca, server: &Pair) -> FakeServer {
+    let read = |path: &std::path::Path| std::fs::read(path).expect("read a PEM file");
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&server.cert), read(&server.key)))
+        .client_ca_root(Certificate::from_pem(read(&ca.cert)));
+    start_fake_with(0, i64::MAX, Some(tls)).await
+}
+
+// Goal: --cacert/--cert/--key connect over TLS with a client certificate, to a bare
+// host:port (made https) and to an https:// URL; a server certificate from another CA
+// is a connection error, not a run of failed requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ca = Ca::new(dir.path(), "ca");
+    let (server_pair, _) = ca.issue("server", &Leaf::default());
+    let client = Leaf {
+        cn: "bench",
+        sans: &[],
+        server: false,
+        ..Leaf::default()
+    };
+    let (client_pair, _) = ca.issue("client", &client);
+    let server = start_fake_tls(&ca, &server_pair).await;
+    let tls = format!(
+        "--cacert {} --cert {} --key {}",
+        ca.cert(),
+        client_pair.cert(),
+        client_pair.key()
+    );
+
+    let put = common::bench(
+        &server.endpoint,
+        &format!("{tls} put --total 100 --clients 4 --conns 2"),
+    )
+    .await;
+    common::assert_clean(&put, 100);
+    let range = common::bench(
+        &format!("https://{}", server.endpoint),
+        &format!("{tls} range k --consistency l --total 20"),
+    )
+    .await;
+    common::assert_clean(&range, 20);
+    assert_eq!(server.fake.state.lock().expect("not poisoned").puts, 100);
+
+    // The binary, too.
+    let v = common::bench_binary_json(
+        &server.endpoint,
+        &[
+            "--cacert",
+            ca.cert(),
+            "--cert",
+            client_pair.cert(),
+            "--key",
+            client_pair.key(),
+            "put",
+            "--total",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(v["ok"], 10);
+
+    let other = Ca::new(&dir.path().join("other"), "other");
+    let cli = <retcd_bench::Cli as clap::Parser>::try_parse_from([
+        "retcd-bench",
+        "--endpoints",
+        &server.endpoint,
+        "--cacert",
+        other.cert(),
+        "--cert",
+        client_pair.cert(),
+        "--key",
+        client_pair.key(),
+        "put",
+    ])
+    .unwrap();
+    cli.validate().unwrap();
     let err = retcd_bench::run(&cli).await.unwrap_err();
     assert!(
         matches!(err, retcd_bench::BenchError::Connect { .. }),

@@ -72,7 +72,13 @@ pub async fn run(cli: &Cli) -> Result<Report, BenchError> {
     let ctx = Ctx {
         global: g.clone(),
         command: cli.command.name(),
-        channels: conn::connect(&g.endpoints, g.conns, g.dial_timeout).await?,
+        channels: conn::connect(
+            &g.endpoints,
+            g.conns,
+            g.dial_timeout,
+            conn::Tls::from_args(g)?.as_ref(),
+        )
+        .await?,
         keys: Arc::new(keys),
         value: keys::value(g.val_size, g.seed),
     };
