@@ -32,7 +32,9 @@
 //! - `errors`: the one place request errors become `tonic::Status`.
 //! - `clock`: the one place the server reads clocks.
 //! - `server`: start order, wiring and ordered shutdown; `serving`: what each listen URL
-//!   serves and with which TLS (etcd's rules); `listen`: binding and serving a URL.
+//!   serves and with which TLS (etcd's rules); `listen`: binding and serving a URL;
+//!   `authority` and `pings`: filters on client connections (a gRPC-Go `:authority`
+//!   fix, `--grpc-keepalive-min-time`).
 //! - `tls`: rustls on every listener and for dialing peers (reload, handshake deadline,
 //!   allow-lists, auto-TLS).
 //!
@@ -80,6 +82,7 @@ mod membership;
 pub mod metrics;
 mod node;
 mod peer;
+mod pings;
 mod quota;
 mod server;
 mod serving;

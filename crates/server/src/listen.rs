@@ -160,6 +160,9 @@ pub struct Http2Settings {
     /// `--grpc-keepalive-timeout`: how long a ping may go unanswered before the
     /// connection is closed.
     pub keepalive_timeout: Duration,
+    /// `--grpc-keepalive-min-time` on client listeners: clients pinging more often are
+    /// cut off (`pings.rs`); `None` polices nothing.
+    pub ping_min_time: Option<Duration>,
 }
 
 impl Default for Http2Settings {
@@ -168,6 +171,7 @@ impl Default for Http2Settings {
             max_concurrent_streams: u32::MAX,
             keepalive_interval: Duration::from_secs(2 * 3600),
             keepalive_timeout: Duration::from_secs(20),
+            ping_min_time: None,
         }
     }
 }
@@ -231,6 +235,7 @@ where
             .keep_alive_timeout(http2.keepalive_timeout);
     }
     let builder = Arc::new(builder);
+    let ping_min_time = http2.ping_min_time;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept() => match accepted {
@@ -264,7 +269,9 @@ where
             let svc = TowerToHyperService::new(router);
             let conn = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(crate::authority::AuthorityFix::new(io)),
+                    TokioIo::new(crate::authority::AuthorityFix::new(
+                        crate::pings::PingPolicy::new(io, ping_min_time),
+                    )),
                     svc,
                 )
                 .into_owned();

@@ -188,6 +188,7 @@ impl Server {
             max_concurrent_streams: config.max_concurrent_streams,
             keepalive_interval: config.grpc_keepalive_interval,
             keepalive_timeout: config.grpc_keepalive_timeout,
+            ping_min_time: Some(config.grpc_keepalive_min_time),
         };
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();

@@ -287,3 +287,32 @@ fn log_outputs_go_where_they_are_named() {
     let mode = std::fs::metadata(&created).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "a log file retcd creates is private");
 }
+
+// Goal: --grpc-keepalive-min-time is enforced as gRPC-Go enforces it for etcd: a client
+// that pings an idle connection every 100 ms is cut off under etcd's default (5 s), and
+// is not under a 50 ms minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_pinging_too_often_are_cut_off() {
+    const CUT: &str = "too many pings";
+    for (flags, cut) in [
+        (&[][..], true),
+        (&["--grpc-keepalive-min-time=50ms"][..], false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = common::Retcd::start(&dir.path().join("data"), flags);
+        let options = etcd_client::ConnectOptions::new()
+            .with_keep_alive(Duration::from_millis(100), Duration::from_secs(5));
+        let mut c = etcd_client::Client::connect([server.endpoint()], Some(options))
+            .await
+            .unwrap();
+        c.put("k", "v", None).await.unwrap();
+        // The third strike comes with the fourth ping, about 400 ms in; 2 s is 20 pings.
+        let start = Instant::now();
+        let mut seen = false;
+        while !seen && start.elapsed() < Duration::from_secs(2) {
+            seen = server.log().contains(CUT);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, cut, "{flags:?}; log:\n{}", server.log());
+    }
+}

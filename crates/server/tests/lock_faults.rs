@@ -54,7 +54,9 @@ async fn lock_holders_never_overlap_under_faults() {
         .size(3)
         .heartbeat_ms(50)
         .election_ms(500)
-        .proxied_peers(true);
+        .proxied_peers(true)
+        // The watch recorder pings every 500 ms (see cluster_faults.rs).
+        .extra_arg("--grpc-keepalive-min-time=250ms");
     let cluster = blocking(|| Cluster::start(spec)).unwrap();
     let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
     let mut c = cluster.client(leader).await.unwrap();

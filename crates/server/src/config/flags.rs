@@ -440,7 +440,7 @@ pub static FLAGS: &[Flag] = &[
     flag("max-concurrent-streams", Uint32, "4294967295", Member, "Most concurrent gRPC streams per client connection.")
         .on(|d, v| d.c.max_concurrent_streams = u32_of(d, "max-concurrent-streams", v.uint()), |c| show(&c.max_concurrent_streams)),
     flag("grpc-keepalive-min-time", Dur, "5s", Member, "Shortest interval a client should wait before pinging the server.")
-        .accepted("retcd lets clients ping as often as they like: its HTTP/2 server never answers GOAWAY too_many_pings"),
+        .on(|d, v| d.c.grpc_keepalive_min_time = d.duration("grpc-keepalive-min-time", v), |c| show(&c.grpc_keepalive_min_time)),
     flag("grpc-keepalive-interval", Dur, "2h0m0s", Member, "Frequency of server-to-client pings (0 disables).")
         .on(|d, v| d.c.grpc_keepalive_interval = d.duration("grpc-keepalive-interval", v), |c| show(&c.grpc_keepalive_interval)),
     flag("grpc-keepalive-timeout", Dur, "20s", Member, "How long to wait for a ping's answer before closing (0 disables).")
