@@ -17,19 +17,34 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct Etcdctl {
     path: PathBuf,
+    /// Global flags after the common ones ([`Etcdctl::with_flags`]).
+    flags: Vec<String>,
 }
 
 impl Etcdctl {
     /// etcdctl, or `None` when the test is to return at once (it printed why; under
     /// `CI=true` it panicked instead): `retcd_testkit::etcd_bin`.
     pub fn find() -> Option<Etcdctl> {
-        retcd_testkit::etcd_bin::etcdctl().map(|path| Etcdctl { path })
+        retcd_testkit::etcd_bin::etcdctl().map(|path| Etcdctl {
+            path,
+            flags: Vec::new(),
+        })
+    }
+
+    /// This etcdctl with `flags` added to the global flags of every run (after the common
+    /// ones, so a repeated flag overrides them): `--cacert`, `--cert` and `--key` for a TLS
+    /// server, say. Transcripts do not show them.
+    pub fn with_flags<S: AsRef<str>>(&self, flags: &[S]) -> Etcdctl {
+        let mut ctl = self.clone();
+        ctl.flags
+            .extend(flags.iter().map(|f| f.as_ref().to_string()));
+        ctl
     }
 
     /// etcdctl against `endpoints` (comma-separated, `host:port` or URLs) with the flags of
-    /// every test: API v3, a 5 s dial timeout and a 10 s command timeout, then `args`. The
-    /// caller sets up stdio; this is for commands that run until killed (`watch`, `elect`),
-    /// [`Etcdctl::run`] for the others.
+    /// every test: API v3, a 5 s dial timeout and a 10 s command timeout, then those of
+    /// [`Etcdctl::with_flags`], then `args`. The caller sets up stdio; this is for commands
+    /// that run until killed (`watch`, `elect`), [`Etcdctl::run`] for the others.
     ///
     /// Prefer `127.0.0.1:<port>` to a URL: etcdctl 3.4's endpoint commands send a URL
     /// whole as the HTTP/2 `:authority`.
@@ -38,6 +53,7 @@ impl Etcdctl {
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
             .args(["--dial-timeout=5s", "--command-timeout=10s"])
+            .args(&self.flags)
             .args(args);
         cmd
     }
@@ -79,11 +95,13 @@ impl Etcdctl {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        let raw_stderr = stderr.join().expect("stderr reader");
         Run {
             args: args.join(" "),
             exit,
             stdout: stdout.join().expect("stdout reader"),
-            stderr: filter_stderr(&stderr.join().expect("stderr reader")),
+            stderr: filter_stderr(&raw_stderr),
+            raw_stderr,
         }
     }
 }
@@ -98,6 +116,8 @@ pub struct Run {
     pub stdout: String,
     /// Its stderr without etcdctl's own client-side log lines ([`filter_stderr`]).
     pub stderr: String,
+    /// Its whole stderr, those log lines included.
+    pub raw_stderr: String,
 }
 
 impl Run {
