@@ -41,7 +41,7 @@ pub struct RangeResult {
 /// Result of HashKV.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvHash {
-    /// CRC-32 over the history up to `hash_revision` (see [`ReadView::hash_by_rev`]).
+    /// CRC-32C over the history up to `hash_revision` (see [`ReadView::hash_by_rev`]).
     pub hash: u32,
     /// The store's current revision.
     pub revision: i64,
@@ -396,18 +396,21 @@ impl<B: Backend> ReadView<'_, B> {
         finish_range(&self.tx, revs, count, options, self.rev)
     }
 
-    /// etcd's HashKV: a CRC-32 over the `key` bucket entries up to `revision` (`<= 0`: the
-    /// view's revision), preceded by the bucket name. Below the compaction revision only the
-    /// entries compaction keeps for live keys count, so members with the same history agree
-    /// whatever their physical state, and the hash does not change across restarts.
+    /// etcd's HashKV (`HashByRev`): a CRC-32C over the `key` bucket entries up to
+    /// `revision` (`<= 0`: the view's revision), preceded by the bucket name, each record
+    /// in etcd's encoding (`key_value::etcd_bytes`). Below the
+    /// compaction revision only the revisions a compaction at the hashed revision would
+    /// keep count (every stored one when there are none), as etcd 3.4 and 3.5 decide it, so
+    /// members with the same history agree whatever their physical state, the hash does
+    /// not change across restarts, and it is etcd's number for the same history.
     pub fn hash_by_rev(&self, revision: i64) -> Result<KvHash, MvccError> {
         let (rev, compact, keep) = {
             let state = self.store.state();
             let compact = state.compact_rev;
             let rev = resolve_read_rev(revision, self.rev, compact)?;
-            (rev, compact, state.index.hash_keep(compact))
+            (rev, compact, state.index.hash_keep(rev))
         };
-        let mut hasher = crc32fast::Hasher::new();
+        let mut hasher = crate::crc32c::Crc32c::new();
         hasher.update(Bucket::Key.name().as_bytes());
         let end = main_revision_start(rev + 1);
         let mut failure = None;
@@ -417,9 +420,17 @@ impl<B: Backend> ReadView<'_, B> {
             Some(&end),
             &mut |key, value| match RevisionKey::from_bytes(key) {
                 Ok(rk) => {
-                    if rk.rev.main > compact || keep.contains(&rk.rev) {
-                        hasher.update(key);
-                        hasher.update(value);
+                    if rk.rev.main > compact || keep.is_empty() || keep.contains(&rk.rev) {
+                        match crate::key_value::decode(value) {
+                            Ok(kv) => {
+                                hasher.update(key);
+                                hasher.update(&crate::key_value::etcd_bytes(&kv, rk.tombstone));
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                return ControlFlow::Break(());
+                            }
+                        }
                     }
                     ControlFlow::Continue(())
                 }

@@ -285,8 +285,9 @@ impl Headed for HashKvResponse {
     fn header(&self) -> Option<&ResponseHeader> {
         self.header.as_ref()
     }
-    /// Not the hash: etcd 3.4's is a CRC-32C (Castagnoli) of the key bucket, retcd's a
-    /// CRC-32 (IEEE) of it, so only members of the same server compare. Nor
+    /// Not the hash: the session's keys include leased ones, whose lease ids each server
+    /// draws itself (the number is etcd's for the same history; `etcdctl_tls_vs_etcd.rs`
+    /// compares one). Nor
     /// `hash_revision`: etcd 3.6's field, which 3.4 does not send.
     fn body(&self) -> String {
         format!("compact_revision={}", self.compact_revision)
