@@ -8,11 +8,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, MaybeTls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
@@ -106,8 +105,8 @@ impl tower::Service<Uri> for Connector {
                 })??;
             let _ = tcp.set_nodelay(true);
             let io = match tls {
-                None => PeerIo::Plain(tcp),
-                Some(tls) => PeerIo::Tls(Box::new(tls.connect(&host, tcp).await?)),
+                None => MaybeTls::Plain(tcp),
+                Some(tls) => MaybeTls::Tls(Box::new(tls.connect(&host, tcp).await?)),
             };
             Ok(TokioIo::new(io))
         })
@@ -115,45 +114,4 @@ impl tower::Service<Uri> for Connector {
 }
 
 /// A connection to a peer, in the clear or over TLS.
-pub enum PeerIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for PeerIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PeerIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub type PeerIo = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;

@@ -177,35 +177,38 @@ pub async fn connect(
 /// `GET path` over HTTP/1.1 and TLS; in TLS 1.3 a refused client certificate shows as a
 /// failed read after the client finished its handshake, so both count as refused.
 pub async fn https_get(addr: SocketAddr, config: rustls::ClientConfig, path: &str) -> Outcome {
-    let work = async {
-        let mut s = connect(addr, config).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        http_status(&raw).ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))
-    };
-    match tokio::time::timeout(EXCHANGE_TIMEOUT, work).await {
-        Ok(Ok(status)) => Outcome::Answered(status),
-        Ok(Err(e)) => Outcome::Refused(e),
-        Err(_) => Outcome::Refused("timed out".into()),
-    }
+    exchange(async {
+        let s = connect(addr, config).await?;
+        get_on(s, addr, path).await
+    })
+    .await
 }
 
 /// `GET path` in the clear, to see what a TLS port makes of it.
 pub async fn plaintext_get(addr: SocketAddr, path: &str) -> Outcome {
-    let work = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        http_status(&raw).ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))
-    };
+    exchange(async {
+        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        get_on(s, addr, path).await
+    })
+    .await
+}
+
+/// One HTTP/1.1 GET on an open connection: the status, or why there was none.
+async fn get_on<S>(mut s: S, addr: SocketAddr, path: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    http_status(&raw).ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))
+}
+
+/// Runs an exchange within [`EXCHANGE_TIMEOUT`]: its answer, or why it was refused.
+async fn exchange(work: impl std::future::Future<Output = Result<u16, String>>) -> Outcome {
     match tokio::time::timeout(EXCHANGE_TIMEOUT, work).await {
         Ok(Ok(status)) => Outcome::Answered(status),
         Ok(Err(e)) => Outcome::Refused(e),
@@ -238,11 +241,7 @@ pub async fn h2_settings(addr: SocketAddr, config: rustls::ClientConfig) -> Outc
             Err(format!("first frame of type {}", frame[3]))
         }
     };
-    match tokio::time::timeout(EXCHANGE_TIMEOUT, work).await {
-        Ok(Ok(status)) => Outcome::Answered(status),
-        Ok(Err(e)) => Outcome::Refused(e),
-        Err(_) => Outcome::Refused("timed out".into()),
-    }
+    exchange(work).await
 }
 
 /// An etcd-client over TLS to `https://127.0.0.1:port`, trusting `ca`, with `cert`.
