@@ -131,6 +131,9 @@ etcd_errors! {
     InvalidAuthMgmt => InvalidArgument, "etcdserver: invalid auth management";
     /// The auth store changed between the permission check and apply.
     AuthOldRevision => InvalidArgument, "etcdserver: revision of auth store is old";
+    /// Authenticate for a user added with `no_password` (etcd has no gRPC error for it:
+    /// gRPC-Go sends its auth store's error as `Unknown`).
+    NoPasswordUser => Unknown, "auth: authentication failed, password was given for no password user";
 
     // ---- cluster state
     NoLeader => Unavailable, "etcdserver: no leader";
@@ -425,6 +428,11 @@ mod tests {
             EtcdError::AuthOldRevision,
             Code::InvalidArgument,
             "etcdserver: revision of auth store is old",
+        ),
+        (
+            EtcdError::NoPasswordUser,
+            Code::Unknown,
+            "auth: authentication failed, password was given for no password user",
         ),
         (
             EtcdError::NoLeader,

@@ -1092,6 +1092,19 @@ impl<B: Backend> WatchStream<B> {
         &self.outbox
     }
 
+    /// Refuses a create request without looking at it (the server's permission check
+    /// failed): a `Created` response for no watcher, canceled with `reason`.
+    pub fn refuse_create(&self, reason: &str) {
+        let mut guard = self.store.lock();
+        let inner = &mut *guard;
+        let revision = inner.rev;
+        inner.streams[&self.id].outbox.push(Out::Created {
+            watch_id: INVALID_WATCH_ID,
+            revision,
+            cancel_reason: Some(reason.to_string()),
+        });
+    }
+
     /// Creates a watcher and queues the `Created` response (failed creates included).
     pub fn create(&self, opts: WatchOptions) {
         let store = &self.store;

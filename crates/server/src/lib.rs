@@ -21,7 +21,8 @@
 //!   handles the services get (`NodeHandle` for inputs, `NodeStatus` for what it
 //!   publishes, the store, the lease view).
 //! - `apply`: the deterministic state machine; every request kind is decided in one of
-//!   its files, behind a chain of gates (the NOSPACE cap today, auth next).
+//!   its files, behind a chain of gates (auth, CORRUPT, NOSPACE).
+//! - `auth`: etcd's auth store as applied, permission checks, simple tokens, bcrypt.
 //! - `membership`: members and their rules; `quota`: the backend quota before proposing.
 //! - `grpc`: one file per service; `peer`: the member-to-member protocol.
 //! - `corrupt`: the initial corruption check, HashKV compared with the peers before
@@ -69,6 +70,7 @@
 //!   the process exits non-zero.
 
 mod apply;
+mod auth;
 mod authority;
 mod clock;
 pub mod config;

@@ -101,6 +101,8 @@ impl Server {
             backend_batch_interval: config.backend_batch_interval,
             backend_batch_limit: config.backend_batch_limit,
             snapshot_catchup_entries: config.snapshot_catchup_entries,
+            auth_token_ttl: std::time::Duration::from_secs(config.auth_token_ttl),
+            bcrypt_cost: config.bcrypt_cost,
         };
         let metrics = Arc::new(Metrics::new(config.metrics_extensive));
         // Opening the backend and replaying the WAL block: off the reactor.

@@ -196,6 +196,7 @@ fn txn_has_put(t: &TxnRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::state::AuthState;
     use retcd_backend::{Backend, MemBackend};
 
     fn req(action: AlarmAction, member_id: u64, alarm: AlarmType) -> AlarmRequest {
@@ -305,7 +306,18 @@ mod tests {
         let grant = LeaseGrantRequest::default();
         let renew = LeaseRenewRequest::default();
         let disarm = req(AlarmAction::Deactivate, 0, AlarmType::Corrupt);
-        let admit = |alarms: &Alarms, r: Request<'_>| CorruptGate.admit(&r, &GateState { alarms });
+        let (auth, lessor) = (AuthState::default(), retcd_lease::Lessor::new());
+        let admit = |alarms: &Alarms, r: Request<'_>| {
+            CorruptGate.admit(
+                &r,
+                &GateState {
+                    alarms,
+                    auth: &auth,
+                    info: None,
+                    lessor: &lessor,
+                },
+            )
+        };
         assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
         let mut tx = backend.begin_write().unwrap();
         alarms
@@ -354,7 +366,18 @@ mod tests {
         let grant = LeaseGrantRequest::default();
         let revoke = LeaseRevokeRequest::default();
         let del = DeleteRangeRequest::default();
-        let admit = |alarms: &Alarms, r: Request<'_>| CappedGate.admit(&r, &GateState { alarms });
+        let (auth, lessor) = (AuthState::default(), retcd_lease::Lessor::new());
+        let admit = |alarms: &Alarms, r: Request<'_>| {
+            CappedGate.admit(
+                &r,
+                &GateState {
+                    alarms,
+                    auth: &auth,
+                    info: None,
+                    lessor: &lessor,
+                },
+            )
+        };
         assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
         let mut tx = backend.begin_write().unwrap();
         alarms

@@ -7,13 +7,16 @@
 //! | lease grant, revoke, renew, expire | `lease.rs` (rules in the `retcd_lease` crate) |
 //! | alarm, and the CORRUPT and NOSPACE gates | `alarm.rs` |
 //! | configuration changes, member attributes | `membership.rs` |
+//! | users, roles, permissions, authentication, and the auth gate | `auth.rs` |
 //!
 //! # The chain
 //! Like etcd's appliers, a request passes through layers before it is carried out. Each
 //! layer is a [`Gate`]: it sees the request and the applied state and lets it through or
-//! refuses it with the error its proposer gets. Today the chain is the corrupt gate
-//! (CORRUPT refuses keyspace and lease requests), then the capped gate (NOSPACE refuses
-//! what grows the store); auth will be a gate in front of them. Then
+//! refuses it with the error its proposer gets. The chain is the auth gate (who proposed
+//! the entry may do what it asks: etcd's auth applier), the corrupt gate (CORRUPT
+//! refuses keyspace and lease requests), then the capped gate (NOSPACE refuses what
+//! grows the store). The auth gate stays first whatever alarm is raised (etcd 3.5 lost
+//! it under NOSPACE: etcd PR #22386). Then
 //! [`ApplyBatch`] dispatches the request to the file that decides its kind.
 //!
 //! # Contract
@@ -42,6 +45,7 @@
 #![deny(clippy::disallowed_methods)]
 
 mod alarm;
+mod auth;
 mod kv;
 mod lease;
 mod membership;
@@ -65,10 +69,13 @@ use retcd_mvcc::{Event, KvStore, MvccError, RangeOptions, WriteBatch};
 use retcd_raft::{ConfChangeV2, EntryType};
 
 pub use alarm::{Alarms, CappedGate, CorruptGate};
+pub use auth::{AuthAnswer, AuthGate, check_txn};
 pub use kv::{KvRead, execute_range, execute_read_only_txn, txn_is_read_only, txn_is_serializable};
 pub use membership::DecodedConfChange;
 pub use request::Request;
 
+use crate::auth::state::{AuthInfo, AuthState};
+use crate::auth::tokens::{SimpleTokens, TokenChange};
 use crate::ids::MemberId;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -93,6 +100,8 @@ pub enum ApplyResponse {
     LeaseExpire,
     /// The alarm an activation or deactivation changed (empty if none).
     Alarm(Vec<AlarmMember>),
+    /// An auth request's answer.
+    Auth(AuthAnswer),
 }
 
 /// What the proposer of an entry is told.
@@ -121,6 +130,10 @@ pub struct BatchContext {
 /// in the batch.
 pub struct GateState<'a> {
     pub alarms: &'a Alarms,
+    pub auth: &'a AuthState,
+    /// Who proposed the entry (`None`: no user, as a request without a token).
+    pub info: Option<&'a AuthInfo>,
+    pub lessor: &'a Lessor,
 }
 
 /// One layer of the chain, in front of the request itself (etcd's applier wrappers).
@@ -177,6 +190,9 @@ pub struct Applier<B: Backend> {
     lessor: Arc<Mutex<Lessor>>,
     membership: Published<Membership>,
     alarms: Published<Alarms>,
+    auth: Published<Arc<AuthState>>,
+    /// This member's simple tokens: Authenticate entries assign them.
+    tokens: Arc<SimpleTokens>,
     gates: Vec<Box<dyn Gate>>,
     metrics: Arc<Metrics>,
     /// This member: a configuration change that removes it is reported.
@@ -193,20 +209,28 @@ impl<B: Backend> Applier<B> {
     /// Loads the lessor (deadlines a full TTL from `now`), the alarms and the membership
     /// from the store. `replay_from` is the membership as of the entry Raft re-delivers
     /// first (the Raft snapshot's, or the empty one of a log that starts at index 1).
+    /// Authenticate entries assign `tokens`.
     pub fn open(
         kv: Arc<KvStore<B>>,
         local: MemberId,
         metrics: Arc<Metrics>,
         now: Time,
         replay_from: Option<Membership>,
+        tokens: Arc<SimpleTokens>,
     ) -> Result<Self, ApplyError> {
-        let (lessor, membership, alarms) = load(&kv, now)?;
+        let (lessor, membership, alarms, auth) = load(&kv, now)?;
         Ok(Applier {
             kv,
             lessor: Arc::new(Mutex::new(lessor)),
             membership: Published::new(membership),
             alarms: Published::new(alarms),
-            gates: vec![Box::new(CorruptGate), Box::new(CappedGate)],
+            auth: Published::new(Arc::new(auth)),
+            tokens,
+            gates: vec![
+                Box::new(AuthGate),
+                Box::new(CorruptGate),
+                Box::new(CappedGate),
+            ],
             metrics,
             local,
             replay: replay_from,
@@ -215,10 +239,13 @@ impl<B: Backend> Applier<B> {
 
     /// Reloads everything from the store after it was replaced (a snapshot installed).
     pub fn reload(&mut self, now: Time) -> Result<(), ApplyError> {
-        let (lessor, membership, alarms) = load(&self.kv, now)?;
+        let (lessor, membership, alarms, auth) = load(&self.kv, now)?;
         *lock(&self.lessor) = lessor;
         self.membership.set(membership);
         self.alarms.set(alarms);
+        self.auth.set(Arc::new(auth));
+        // Tokens name entries of the replaced history.
+        self.tokens.apply(vec![TokenChange::Clear], now);
         // Raft's configuration is the snapshot's now; nothing before it is replayed.
         self.replay = None;
         Ok(())
@@ -238,6 +265,11 @@ impl<B: Backend> Applier<B> {
     /// The raised alarms as of the last committed batch.
     pub fn alarms(&self) -> &Published<Alarms> {
         &self.alarms
+    }
+
+    /// The auth store as of the last committed batch.
+    pub fn auth(&self) -> &Published<Arc<AuthState>> {
+        &self.auth
     }
 
     /// Applies `entries` (consecutive, in log order) in one write batch, which the caller
@@ -269,6 +301,9 @@ impl<B: Backend> Applier<B> {
             membership: this.membership.get(),
             alarms: this.alarms.get(),
             alarms_changed: false,
+            auth: this.auth.get(),
+            auth_changed: false,
+            token_changes: Vec::new(),
             applier: this,
             ctx,
             last: None,
@@ -340,10 +375,9 @@ fn lock(lessor: &Mutex<Lessor>) -> MutexGuard<'_, Lessor> {
     lessor.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn load<B: Backend>(
-    kv: &KvStore<B>,
-    now: Time,
-) -> Result<(Lessor, Membership, Alarms), ApplyError> {
+type Loaded = (Lessor, Membership, Alarms, AuthState);
+
+fn load<B: Backend>(kv: &KvStore<B>, now: Time) -> Result<Loaded, ApplyError> {
     let tx = kv.backend().begin_read()?;
     let mut records = Vec::new();
     let mut failure = None;
@@ -359,6 +393,10 @@ fn load<B: Backend>(
     }
     let membership = Membership::load(&tx)?;
     let alarms = Alarms::load(&tx)?;
+    let auth = AuthState::load(&tx).map_err(|e| match e {
+        crate::auth::state::StateError::Backend(b) => ApplyError::Backend(b),
+        crate::auth::state::StateError::Corrupted(c) => ApplyError::Corrupted(c),
+    })?;
     drop(tx);
     let mut lessor = Lessor::restore(records, now);
     // Keys name their lease: the attachments are rebuilt from them.
@@ -368,7 +406,7 @@ fn load<B: Backend>(
             lessor.attach(retcd_lease::LeaseId(key.lease), &key.key);
         }
     }
-    Ok((lessor, membership, alarms))
+    Ok((lessor, membership, alarms, auth))
 }
 
 /// What a committed batch changed besides the store, for the raft loop to act on.
@@ -395,6 +433,10 @@ pub struct ApplyBatch<'a, B: Backend> {
     membership: Membership,
     alarms: Alarms,
     alarms_changed: bool,
+    /// The auth store as applied so far (copied on its first change in the batch).
+    auth: Arc<AuthState>,
+    auth_changed: bool,
+    token_changes: Vec<TokenChange>,
     applier: &'a Applier<B>,
     ctx: BatchContext,
     /// The last entry applied: (index, term).
@@ -485,8 +527,19 @@ impl<'a, B: Backend> ApplyBatch<'a, B> {
         index: u64,
     ) -> Result<ApplyResult, ApplyError> {
         let request = Request::of(req);
+        let info = req
+            .header
+            .as_ref()
+            .filter(|h| !h.username.is_empty())
+            .map(|h| AuthInfo {
+                user: h.username.clone(),
+                revision: h.auth_revision,
+            });
         let state = GateState {
             alarms: &self.alarms,
+            auth: &self.auth,
+            info: info.as_ref(),
+            lessor: &self.lessor,
         };
         let applier = self.applier;
         for gate in &applier.gates {
@@ -515,6 +568,15 @@ impl<'a, B: Backend> ApplyBatch<'a, B> {
                 self.alarms_changed |= !changed.is_empty();
                 Ok(ApplyResponse::Alarm(changed))
             }
+            Request::Auth(a) => auth::AuthApply {
+                tx: self.batch.backend_tx(),
+                state: &mut self.auth,
+                tokens: &mut self.token_changes,
+                changed: &mut self.auth_changed,
+                index,
+                checked_revision: req.header.as_ref().map_or(0, |h| h.auth_revision),
+            }
+            .apply(&a)?,
             Request::MemberAttrSet(a) => {
                 let changed =
                     membership::apply_attrs(a, &mut self.membership, self.batch.backend_tx())?;
@@ -572,6 +634,12 @@ impl<'a, B: Backend> ApplyBatch<'a, B> {
         }
         if self.effects.membership_changed {
             self.applier.membership.set(self.membership);
+        }
+        if self.auth_changed {
+            self.applier.auth.set(self.auth);
+        }
+        if !self.token_changes.is_empty() {
+            self.applier.tokens.apply(self.token_changes, self.ctx.now);
         }
         Ok(Applied {
             revision: committed.revision,

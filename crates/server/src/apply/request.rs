@@ -7,8 +7,12 @@
 //! only kinds this version does not apply, is [`Request::Unsupported`].
 
 use retcd_api::etcdserverpb::{
-    AlarmRequest, CompactionRequest, DeleteRangeRequest, InternalRaftRequest, LeaseExpireRequest,
-    LeaseGrantRequest, LeaseRenewRequest, LeaseRevokeRequest, PutRequest, RangeRequest, TxnRequest,
+    AlarmRequest, AuthRoleAddRequest, AuthRoleDeleteRequest, AuthRoleGetRequest,
+    AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest, AuthUserAddRequest,
+    AuthUserChangePasswordRequest, AuthUserDeleteRequest, AuthUserGetRequest,
+    AuthUserGrantRoleRequest, AuthUserRevokeRoleRequest, CompactionRequest, DeleteRangeRequest,
+    InternalAuthenticateRequest, InternalRaftRequest, LeaseExpireRequest, LeaseGrantRequest,
+    LeaseRenewRequest, LeaseRevokeRequest, PutRequest, RangeRequest, TxnRequest,
 };
 use retcd_api::membershippb::ClusterMemberAttrSetRequest;
 
@@ -27,6 +31,8 @@ pub enum Request<'a> {
     /// The leader's revocation of expired leases (retcd's own).
     LeaseExpire(&'a LeaseExpireRequest),
     Alarm(&'a AlarmRequest),
+    /// One of the auth store's requests.
+    Auth(AuthRequest<'a>),
     /// A member publishes its name and client URLs.
     MemberAttrSet(&'a ClusterMemberAttrSetRequest),
     /// Nothing this version applies; the name says what was asked.
@@ -64,25 +70,8 @@ impl<'a> Request<'a> {
         if let Some(r) = &req.alarm {
             return Request::Alarm(r);
         }
-        if req.auth_enable.is_some()
-            || req.auth_disable.is_some()
-            || req.auth_status.is_some()
-            || req.authenticate.is_some()
-            || req.auth_user_add.is_some()
-            || req.auth_user_delete.is_some()
-            || req.auth_user_get.is_some()
-            || req.auth_user_change_password.is_some()
-            || req.auth_user_grant_role.is_some()
-            || req.auth_user_revoke_role.is_some()
-            || req.auth_user_list.is_some()
-            || req.auth_role_list.is_some()
-            || req.auth_role_add.is_some()
-            || req.auth_role_delete.is_some()
-            || req.auth_role_get.is_some()
-            || req.auth_role_grant_permission.is_some()
-            || req.auth_role_revoke_permission.is_some()
-        {
-            return Request::Unsupported("auth");
+        if let Some(a) = AuthRequest::of(req) {
+            return Request::Auth(a);
         }
         if let Some(r) = &req.cluster_member_attr_set {
             return Request::MemberAttrSet(r);
@@ -94,5 +83,70 @@ impl<'a> Request<'a> {
             return Request::LeaseExpire(r);
         }
         Request::Unsupported("an empty request")
+    }
+}
+
+/// An auth request, borrowed from the decoded entry.
+#[derive(Clone, Copy, Debug)]
+pub enum AuthRequest<'a> {
+    Authenticate(&'a InternalAuthenticateRequest),
+    Enable,
+    Disable,
+    Status,
+    UserAdd(&'a AuthUserAddRequest),
+    UserDelete(&'a AuthUserDeleteRequest),
+    UserGet(&'a AuthUserGetRequest),
+    UserChangePassword(&'a AuthUserChangePasswordRequest),
+    UserGrantRole(&'a AuthUserGrantRoleRequest),
+    UserRevokeRole(&'a AuthUserRevokeRoleRequest),
+    UserList,
+    RoleAdd(&'a AuthRoleAddRequest),
+    RoleGet(&'a AuthRoleGetRequest),
+    RoleGrantPermission(&'a AuthRoleGrantPermissionRequest),
+    RoleRevokePermission(&'a AuthRoleRevokePermissionRequest),
+    RoleDelete(&'a AuthRoleDeleteRequest),
+    RoleList,
+}
+
+impl<'a> AuthRequest<'a> {
+    /// The auth request `req` holds, in etcd's order (`applyV3Request`).
+    fn of(req: &'a InternalRaftRequest) -> Option<AuthRequest<'a>> {
+        Some(if let Some(r) = &req.authenticate {
+            AuthRequest::Authenticate(r)
+        } else if req.auth_enable.is_some() {
+            AuthRequest::Enable
+        } else if req.auth_disable.is_some() {
+            AuthRequest::Disable
+        } else if req.auth_status.is_some() {
+            AuthRequest::Status
+        } else if let Some(r) = &req.auth_user_add {
+            AuthRequest::UserAdd(r)
+        } else if let Some(r) = &req.auth_user_delete {
+            AuthRequest::UserDelete(r)
+        } else if let Some(r) = &req.auth_user_get {
+            AuthRequest::UserGet(r)
+        } else if let Some(r) = &req.auth_user_change_password {
+            AuthRequest::UserChangePassword(r)
+        } else if let Some(r) = &req.auth_user_grant_role {
+            AuthRequest::UserGrantRole(r)
+        } else if let Some(r) = &req.auth_user_revoke_role {
+            AuthRequest::UserRevokeRole(r)
+        } else if req.auth_user_list.is_some() {
+            AuthRequest::UserList
+        } else if let Some(r) = &req.auth_role_add {
+            AuthRequest::RoleAdd(r)
+        } else if let Some(r) = &req.auth_role_get {
+            AuthRequest::RoleGet(r)
+        } else if let Some(r) = &req.auth_role_grant_permission {
+            AuthRequest::RoleGrantPermission(r)
+        } else if let Some(r) = &req.auth_role_revoke_permission {
+            AuthRequest::RoleRevokePermission(r)
+        } else if let Some(r) = &req.auth_role_delete {
+            AuthRequest::RoleDelete(r)
+        } else if req.auth_role_list.is_some() {
+            AuthRequest::RoleList
+        } else {
+            return None;
+        })
     }
 }

@@ -353,6 +353,9 @@ impl Replica {
             Arc::new(Metrics::default()),
             Time::ZERO,
             Some(Membership::default()),
+            Arc::new(crate::auth::tokens::SimpleTokens::new(
+                std::time::Duration::from_secs(300),
+            )),
         )
         .unwrap();
         Replica { kv, applier }
@@ -610,6 +613,9 @@ fn replayed_conf_changes_reach_raft_as_first_decided() {
             Arc::new(Metrics::default()),
             Time::ZERO,
             from,
+            Arc::new(crate::auth::tokens::SimpleTokens::new(
+                std::time::Duration::from_secs(300),
+            )),
         )
         .unwrap();
         let mut raft = Recorder::default();

@@ -356,6 +356,20 @@ impl Draft {
     }
 }
 
+/// etcd's auth store takes a cost outside bcrypt's 4..=31 as its default, with a warning.
+fn set_bcrypt_cost(d: &mut Draft, v: &Value) {
+    let cost = v.uint();
+    d.c.bcrypt_cost = match u32::try_from(cost) {
+        Ok(c @ 4..=31) => c,
+        _ => {
+            d.notices.push(Notice::warn(format!(
+                "use default bcrypt cost instead of the invalid given cost {cost} (valid: 4 to 31)"
+            )));
+            10
+        }
+    };
+}
+
 fn show<T: std::fmt::Debug>(v: &T) -> String {
     format!("{v:?}")
 }
@@ -565,11 +579,11 @@ pub static FLAGS: &[Flag] = &[
         .on(|d, v| d.c.experimental_peer_skip_client_san_verification = v.bool(), |c| show(&c.experimental_peer_skip_client_san_verification)),
     // Auth
     flag("auth-token", Str, "simple", Auth, "Token provider: simple, or jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...")
-        .refused("auth and its tokens"),
-    flag("auth-token-ttl", Uint, "300", Auth, "Lifetime of a simple token, in seconds.")
-        .refused("auth and its tokens"),
+        .refused_unless("JWT tokens", |v| matches!(v.string().as_str(), "" | "simple")),
+    flag("auth-token-ttl", Uint, "300", Auth, "Lifetime of a simple token after its last use, in seconds.")
+        .on(|d, v| d.c.auth_token_ttl = v.uint(), |c| show(&c.auth_token_ttl)),
     flag("bcrypt-cost", Uint, "10", Auth, "bcrypt cost of user passwords (4 to 31).")
-        .refused("auth and its password hashing"),
+        .on(set_bcrypt_cost, |c| show(&c.bcrypt_cost)),
     // Logging
     flag("logger", Str, "zap", Logging, "Logger: zap (structured logs).")
         .refused("a logger other than zap (etcd 3.5 removed capnslog)"),

@@ -30,6 +30,7 @@ use retcd_raft::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
 use crate::apply::ApplyResponse;
+use crate::auth::Auth;
 use crate::clock;
 use crate::errors::RequestError;
 use crate::ids::{self, MemberId};
@@ -61,6 +62,7 @@ pub struct ClusterService {
     strict: StrictCheck,
     /// Dials the leader's peer URLs to forward a promotion.
     dialer: Dialer,
+    auth: Arc<Auth>,
 }
 
 impl ClusterService {
@@ -80,6 +82,7 @@ impl ClusterService {
                 peers,
             },
             dialer,
+            auth: node.auth.clone(),
         }
     }
 
@@ -261,6 +264,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.auth.require_admin(request.metadata()).await?;
         Ok(Response::new(self.add(request.into_inner()).await?))
     }
 
@@ -268,6 +272,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.auth.require_admin(request.metadata()).await?;
         Ok(Response::new(self.remove(request.into_inner()).await?))
     }
 
@@ -275,6 +280,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.auth.require_admin(request.metadata()).await?;
         Ok(Response::new(self.update(request.into_inner()).await?))
     }
 
@@ -282,6 +288,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        // Any user (etcd's fixed releases; PR #21551 let non-admins list members).
+        self.auth.require_user(request.metadata()).await?;
         if request.get_ref().linearizable {
             self.handle.read_index().await?;
         }
@@ -296,6 +304,11 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let forwarded = request.metadata().contains_key(FORWARDED);
+        // A forwarded promotion comes from a member over the peer listener, which serves
+        // nothing else; the member that took it from the client checked it.
+        if !forwarded {
+            self.auth.require_admin(request.metadata()).await?;
+        }
         Ok(Response::new(
             self.promote(request.into_inner(), forwarded).await?,
         ))

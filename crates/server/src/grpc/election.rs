@@ -34,10 +34,11 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::lock::{
-    DeleteOnDrop, create_or_get, grant_session, lease_hex, own_create_revision, prefix_end,
-    wait_for_older,
+    Caller, DeleteOnDrop, caller, create_or_get, grant_session, lease_hex, own_create_revision,
+    prefix_end, wait_for_older,
 };
 use crate::apply::{self, ApplyResponse};
+use crate::auth::{self, state::Access};
 use crate::errors::{RequestError, embedded_client_status};
 use crate::node::Node;
 
@@ -84,11 +85,12 @@ impl ElectionService {
         }
     }
 
-    async fn txn(&self, txn: TxnRequest) -> Result<(bool, i64), RequestError> {
+    async fn txn(&self, txn: TxnRequest, who: &Caller) -> Result<(bool, i64), RequestError> {
         let out = self
             .node
             .handle
             .propose(InternalRaftRequest {
+                header: who.clone(),
                 txn: Some(txn),
                 ..Default::default()
             })
@@ -99,20 +101,28 @@ impl ElectionService {
         }
     }
 
-    async fn proclaim_value(&self, leader: &LeaderKey, value: Bytes) -> Result<i64, RequestError> {
+    async fn proclaim_value(
+        &self,
+        leader: &LeaderKey,
+        value: Bytes,
+        who: &Caller,
+    ) -> Result<i64, RequestError> {
         let (ok, revision) = self
-            .txn(TxnRequest {
-                compare: vec![leader_guard(leader)],
-                success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestPut(PutRequest {
-                        key: leader.key.clone(),
-                        value,
-                        lease: leader.lease,
-                        ..Default::default()
-                    })),
-                }],
-                failure: vec![],
-            })
+            .txn(
+                TxnRequest {
+                    compare: vec![leader_guard(leader)],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: leader.key.clone(),
+                            value,
+                            lease: leader.lease,
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![],
+                },
+                who,
+            )
             .await?;
         if !ok {
             return Err(EtcdError::ElectionNotLeader.into());
@@ -124,19 +134,27 @@ impl ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<CampaignResponse, RequestError> {
+        let prefix = prefix_of(&req.get_ref().name);
+        let who = caller(
+            &self.node,
+            req.metadata(),
+            &prefix,
+            &[Access::Read, Access::Write],
+        )
+        .await?;
         let r = req.into_inner();
         let lease = if r.lease == 0 {
-            grant_session(&self.node, self.min_ttl).await?
+            grant_session(&self.node, self.min_ttl, &who).await?
         } else {
             r.lease
         };
-        let prefix = prefix_of(&r.name);
         let key = [prefix.as_slice(), lease_hex(lease).as_bytes()].concat();
         let (header, my_rev, existing) =
-            create_or_get(&self.node, &key, r.value.clone(), lease).await?;
+            create_or_get(&self.node, &key, r.value.clone(), lease, &who).await?;
         let mut guard = DeleteOnDrop {
             node: self.node.clone(),
             key: Some(key.clone()),
+            who: who.clone(),
         };
         let leader = LeaderKey {
             name: r.name.clone(),
@@ -148,7 +166,7 @@ impl ElectionService {
         // that brings the same value writes nothing (etcd's Campaign proclaims only a
         // different value).
         if existing.is_some_and(|v| v != r.value) {
-            self.proclaim_value(&leader, r.value.clone()).await?;
+            self.proclaim_value(&leader, r.value.clone(), &who).await?;
         }
         wait_for_older(&self.node, &prefix, my_rev).await?;
         if own_create_revision(&self.node, &key).await? != Some(my_rev) {
@@ -166,6 +184,7 @@ impl ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<ProclaimResponse, RequestError> {
+        let who = auth::header(self.node.auth.info(req.metadata()).await?.as_ref());
         let r = req.into_inner();
         let mut leader = r.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
         if leader.key.is_empty() {
@@ -174,9 +193,9 @@ impl ElectionService {
         // etcd resumes the election in a session made from `leader.lease`: lease 0 is a
         // new orphaned lease, and the leader key is put with it.
         if leader.lease == 0 {
-            leader.lease = grant_session(&self.node, self.min_ttl).await?;
+            leader.lease = grant_session(&self.node, self.min_ttl, &who).await?;
         }
-        let revision = self.proclaim_value(&leader, r.value).await?;
+        let revision = self.proclaim_value(&leader, r.value, &who).await?;
         Ok(ProclaimResponse {
             header: Some(self.node.status.header(Some(revision))),
         })
@@ -186,6 +205,7 @@ impl ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<ResignResponse, RequestError> {
+        let who = auth::header(self.node.auth.info(req.metadata()).await?.as_ref());
         let leader = req
             .into_inner()
             .leader
@@ -194,18 +214,21 @@ impl ElectionService {
             return Err(EtcdError::EmptyKey.into());
         }
         let (_, revision) = self
-            .txn(TxnRequest {
-                compare: vec![leader_guard(&leader)],
-                success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(
-                        DeleteRangeRequest {
-                            key: leader.key.clone(),
-                            ..Default::default()
-                        },
-                    )),
-                }],
-                failure: vec![],
-            })
+            .txn(
+                TxnRequest {
+                    compare: vec![leader_guard(&leader)],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: leader.key.clone(),
+                                ..Default::default()
+                            },
+                        )),
+                    }],
+                    failure: vec![],
+                },
+                &who,
+            )
             .await?;
         Ok(ResignResponse {
             header: Some(self.node.status.header(Some(revision))),
@@ -216,8 +239,9 @@ impl ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<LeaderResponse, RequestError> {
+        let prefix = prefix_of(&req.get_ref().name);
+        caller(&self.node, req.metadata(), &prefix, &[Access::Read]).await?;
         self.node.handle.read_index().await?;
-        let prefix = prefix_of(&req.into_inner().name);
         let kv = leader_kv(&self.node, &prefix)?.ok_or(EtcdError::ElectionNoLeader)?;
         Ok(LeaderResponse {
             header: Some(self.node.status.header(None)),
@@ -261,11 +285,14 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let node = self.node.clone();
+        let prefix = prefix_of(&req.get_ref().name);
+        caller(&node, req.metadata(), &prefix, &[Access::Read])
+            .await
+            .map_err(embedded_client_status)?;
         node.handle
             .read_index()
             .await
             .map_err(embedded_client_status)?;
-        let prefix = prefix_of(&req.into_inner().name);
         let (tx, rx) = mpsc::channel::<Result<LeaderResponse, Status>>(16);
         tokio::spawn(async move {
             let data = Arc::new(Notify::new());

@@ -6,6 +6,11 @@
 //! entry. Errors that depend on the store's state (a missing key for `ignore_value`, a
 //! compacted revision) are decided by apply, where every member decides them the same
 //! way.
+//!
+//! With auth on, reads are checked here against the applied auth store (etcd's
+//! `doSerialize`: a read whose credentials went stale while it ran is refused with
+//! "revision of auth store is old"); writes carry the caller's credentials into the log
+//! and apply's auth gate checks them.
 
 use std::sync::Arc;
 
@@ -19,6 +24,8 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::validate::{check_delete, check_put, check_range, check_txn_request};
 use crate::apply::{self, ApplyResponse};
+use crate::auth::state::{Access, AuthInfo};
+use crate::auth::{self, Auth};
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
 use crate::metrics::Metrics;
@@ -32,6 +39,7 @@ pub struct KvService {
     metrics: Arc<Metrics>,
     quota: Quota,
     max_txn_ops: usize,
+    auth: Arc<Auth>,
 }
 
 impl KvService {
@@ -43,13 +51,28 @@ impl KvService {
             metrics: node.metrics.clone(),
             quota,
             max_txn_ops,
+            auth: node.auth.clone(),
+        }
+    }
+
+    /// etcd's `doSerialize` after the read: the credentials must still be current.
+    fn still_current(&self, info: Option<&AuthInfo>) -> Result<(), RequestError> {
+        match info {
+            Some(i) if i.revision != 0 && i.revision != self.auth.state().revision => {
+                Err(retcd_api::errors::EtcdError::AuthOldRevision.into())
+            }
+            _ => Ok(()),
         }
     }
 
     async fn range_inner(&self, req: Request<RangeRequest>) -> Result<RangeResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        let info = self.auth.info(req.metadata()).await?;
         let r = req.into_inner();
         check_range(&r)?;
+        self.auth
+            .state()
+            .check_range(info.as_ref(), &r.key, &r.range_end, Access::Read)?;
         if !r.serializable {
             self.handle.read_index().await?;
         }
@@ -57,18 +80,21 @@ impl KvService {
             let view = self.store.kv.view()?;
             apply::execute_range(&view, &r, &self.metrics)?
         };
+        self.still_current(info.as_ref())?;
         resp.header = Some(self.status.header(resp.header.map(|h| h.revision)));
         Ok(resp)
     }
 
     async fn put_inner(&self, req: Request<PutRequest>) -> Result<PutResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        let info = self.auth.info(req.metadata()).await?;
         let r = req.into_inner();
         check_put(&r)?;
         self.quota.check(quota::put_cost(&r)).await?;
         let out = self
             .handle
             .propose(InternalRaftRequest {
+                header: auth::header(info.as_ref()),
                 put: Some(r),
                 ..Default::default()
             })
@@ -85,11 +111,13 @@ impl KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<DeleteRangeResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        let info = self.auth.info(req.metadata()).await?;
         let r = req.into_inner();
         check_delete(&r)?;
         let out = self
             .handle
             .propose(InternalRaftRequest {
+                header: auth::header(info.as_ref()),
                 delete_range: Some(r),
                 ..Default::default()
             })
@@ -103,6 +131,7 @@ impl KvService {
 
     async fn txn_inner(&self, req: Request<TxnRequest>) -> Result<TxnResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        let info = self.auth.info(req.metadata()).await?;
         let r = req.into_inner();
         check_txn_request(&r, Some(self.max_txn_ops))?;
         // As etcd, every txn passes the quota check, read-only ones included (they cost
@@ -110,6 +139,11 @@ impl KvService {
         self.quota.check(quota::txn_cost(&r)).await?;
         if apply::txn_is_read_only(&r) {
             // etcd serves read-only txns like ranges: no Raft entry, one read view.
+            let auth = self.auth.state();
+            if auth.enabled {
+                // A read-only txn puts nothing, so no lease is consulted.
+                apply::check_txn(&auth, info.as_ref(), &retcd_lease::Lessor::new(), &r)?;
+            }
             if !apply::txn_is_serializable(&r) {
                 self.handle.read_index().await?;
             }
@@ -117,12 +151,14 @@ impl KvService {
                 let view = self.store.kv.view()?;
                 apply::execute_read_only_txn(&view, &r, &self.metrics)??
             };
+            self.still_current(info.as_ref())?;
             resp.header = Some(self.status.header(resp.header.map(|h| h.revision)));
             return Ok(resp);
         }
         let out = self
             .handle
             .propose(InternalRaftRequest {
+                header: auth::header(info.as_ref()),
                 txn: Some(r),
                 ..Default::default()
             })
@@ -139,11 +175,14 @@ impl KvService {
         req: Request<CompactionRequest>,
     ) -> Result<CompactionResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        // etcd 3.4.23 lets anyone compact; its fixed releases need the root role.
+        let info = self.auth.require_admin(req.metadata()).await?;
         // A compaction commits its batch durably (see `node`), so `physical` needs no
         // extra wait: the answer comes after the durable commit either way.
         let out = self
             .handle
             .propose(InternalRaftRequest {
+                header: auth::header(info.as_ref()),
                 compaction: Some(req.into_inner()),
                 ..Default::default()
             })

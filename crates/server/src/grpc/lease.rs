@@ -6,6 +6,11 @@
 //! cost one proposal, and each is answered once its renewal is applied. TimeToLive and
 //! Leases answer from this member's lessor after a ReadIndex, so they see every grant,
 //! renewal and revocation acknowledged before them.
+//!
+//! With auth on (etcd's fixed releases): every call needs a user; a keep-alive needs
+//! write on every key attached to the lease, TimeToLive with keys read on them, Leases
+//! read on every attached key of every lease (the root role needs none of these);
+//! revocation is checked by apply's auth gate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +30,8 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::apply::ApplyResponse;
+use crate::auth::state::Access;
+use crate::auth::{self, Auth};
 use crate::clock;
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
@@ -48,6 +55,7 @@ pub struct LeaseService {
     quota: Quota,
     min_ttl: i64,
     renewer: mpsc::Sender<(i64, RenewReply)>,
+    auth: Arc<Auth>,
 }
 
 impl LeaseService {
@@ -61,7 +69,19 @@ impl LeaseService {
             quota,
             min_ttl,
             renewer: tx,
+            auth: node.auth.clone(),
         }
+    }
+
+    /// The caller needs `access` on every key attached to the leases `ids` (none for
+    /// the root role, or while auth is off).
+    async fn check_lease_keys(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        ids: Option<i64>,
+        access: Access,
+    ) -> Result<(), RequestError> {
+        check_lease_keys(&self.auth, &self.leases, metadata, ids, access).await
     }
 
     async fn grant(
@@ -69,6 +89,7 @@ impl LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<LeaseGrantResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        let info = self.auth.require_user(req.metadata()).await?;
         let mut r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -81,6 +102,7 @@ impl LeaseService {
         let out = self
             .handle
             .propose(InternalRaftRequest {
+                header: auth::header(info.as_ref()),
                 lease_grant: Some(r),
                 wall_clock_ms: clock::wall_clock_ms(),
                 ..Default::default()
@@ -100,9 +122,11 @@ impl LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<LeaseRevokeResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        let info = self.auth.require_user(req.metadata()).await?;
         let out = self
             .handle
             .propose(InternalRaftRequest {
+                header: auth::header(info.as_ref()),
                 lease_revoke: Some(req.into_inner()),
                 ..Default::default()
             })
@@ -121,6 +145,11 @@ impl LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<LeaseTimeToLiveResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        self.auth.require_user(req.metadata()).await?;
+        if req.get_ref().keys {
+            self.check_lease_keys(req.metadata(), Some(req.get_ref().id), Access::Read)
+                .await?;
+        }
         let r = req.into_inner();
         self.handle.read_index().await?;
         // etcd answers an unknown lease with TTL -1, not an error.
@@ -151,6 +180,9 @@ impl LeaseService {
         req: Request<LeaseLeasesRequest>,
     ) -> Result<LeaseLeasesResponse, RequestError> {
         require_leader(&req, &self.status)?;
+        self.auth.require_user(req.metadata()).await?;
+        self.check_lease_keys(req.metadata(), None, Access::Read)
+            .await?;
         self.handle.read_index().await?;
         let ids = self.leases.ids();
         Ok(LeaseLeasesResponse {
@@ -252,7 +284,8 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         require_leader(&req, &self.status).map_err(Status::from)?;
-        let mut inbound = req.into_inner();
+        let (metadata, _, mut inbound) = req.into_parts();
+        let (auth, leases) = (self.auth.clone(), self.leases.clone());
         let (out_tx, out_rx) = mpsc::channel::<Result<LeaseKeepAliveResponse, Status>>(64);
         let renewer = self.renewer.clone();
         let status = self.status.clone();
@@ -264,6 +297,13 @@ impl Lease for LeaseService {
                     _ = out_tx.closed() => return,
                 };
                 let Ok(Some(r)) = msg else { return };
+                // etcd's `checkLeaseRenew`, for each keep-alive.
+                if let Err(e) =
+                    check_lease_keys(&auth, &leases, &metadata, Some(r.id), Access::Write).await
+                {
+                    let _ = out_tx.send(Err(Status::from(e))).await;
+                    return;
+                }
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
@@ -307,4 +347,35 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         Ok(Response::new(self.leases(req).await?))
     }
+}
+
+/// While auth is on, the caller must be a user with `access` on every key attached to
+/// lease `id` (every lease, for `None`); the root role needs none.
+async fn check_lease_keys(
+    auth: &Auth,
+    leases: &LeaseView,
+    metadata: &tonic::metadata::MetadataMap,
+    id: Option<i64>,
+    access: Access,
+) -> Result<(), RequestError> {
+    let state = auth.state();
+    if !state.enabled {
+        return Ok(());
+    }
+    let Some(info) = auth.info(metadata).await? else {
+        return Err(EtcdError::UserEmpty.into());
+    };
+    if state.check_admin(Some(&info)).is_ok() {
+        return Ok(());
+    }
+    let keys = match id {
+        Some(id) => leases.keys(id),
+        None => leases.all_keys(),
+    };
+    for key in keys {
+        state.check_range(Some(&info), &key, &[], access)?;
+    }
+    // A user with no key to check still needs valid, current credentials.
+    state.check_user(Some(&info))?;
+    Ok(())
 }

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
     Compare, DeleteRangeRequest, InternalRaftRequest, LeaseGrantRequest, PutRequest, RangeRequest,
-    RequestOp, ResponseHeader, TxnRequest, compare, range_request, request_op, response_op,
+    RequestHeader, RequestOp, ResponseHeader, TxnRequest, compare, range_request, request_op,
+    response_op,
 };
 use retcd_api::v3lockpb::{
     LockRequest, LockResponse, UnlockRequest, UnlockResponse, lock_server::Lock,
@@ -31,6 +32,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{self, ApplyResponse};
+use crate::auth::{self, state::Access};
 use crate::clock;
 use crate::errors::{RequestError, embedded_client_status};
 use crate::node::Node;
@@ -52,18 +54,27 @@ impl LockService {
     }
 
     async fn lock_inner(&self, req: Request<LockRequest>) -> Result<LockResponse, RequestError> {
+        let prefix = [req.get_ref().name.as_ref(), b"/"].concat();
+        let who = caller(
+            &self.node,
+            req.metadata(),
+            &prefix,
+            &[Access::Read, Access::Write],
+        )
+        .await?;
         let r = req.into_inner();
         let lease = if r.lease == 0 {
-            grant_session(&self.node, self.min_ttl).await?
+            grant_session(&self.node, self.min_ttl, &who).await?
         } else {
             r.lease
         };
-        let prefix = [r.name.as_ref(), b"/"].concat();
         let key = [prefix.as_slice(), lease_hex(lease).as_bytes()].concat();
-        let (header, my_rev, _) = create_or_get(&self.node, &key, Bytes::new(), lease).await?;
+        let (header, my_rev, _) =
+            create_or_get(&self.node, &key, Bytes::new(), lease, &who).await?;
         let mut guard = DeleteOnDrop {
             node: self.node.clone(),
             key: Some(key.clone()),
+            who,
         };
         let waited = wait_for_older(&self.node, &prefix, my_rev).await?;
         if own_create_revision(&self.node, &key).await? != Some(my_rev) {
@@ -85,12 +96,13 @@ impl LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<UnlockResponse, RequestError> {
+        let who = auth::header(self.node.auth.info(req.metadata()).await?.as_ref());
         let key = req.into_inner().key;
         // etcd's Unlock is a client Delete, which refuses an empty key before proposing.
         if key.is_empty() {
             return Err(EtcdError::EmptyKey.into());
         }
-        let revision = delete_key(&self.node, key).await?;
+        let revision = delete_key(&self.node, key, &who).await?;
         Ok(UnlockResponse {
             header: Some(self.node.status.header(Some(revision))),
         })
@@ -108,8 +120,34 @@ pub(crate) fn lease_hex(lease: i64) -> String {
     }
 }
 
+/// Whom the internal requests of a Lock or Election call are made for: the caller's
+/// credentials, which apply's auth gate checks as it checks the caller's own requests
+/// (etcd runs these services as a client inside the server, with the caller's token).
+pub(crate) type Caller = Option<RequestHeader>;
+
+/// The caller of a call on the keys under `prefix`, which it must be allowed every
+/// access of `accesses` to (the whole range, as its waits read it).
+pub(crate) async fn caller(
+    node: &Node,
+    metadata: &tonic::metadata::MetadataMap,
+    prefix: &[u8],
+    accesses: &[Access],
+) -> Result<Caller, RequestError> {
+    let info = node.auth.info(metadata).await?;
+    let state = node.auth.state();
+    let end = prefix_end(prefix);
+    for &access in accesses {
+        state.check_range(info.as_ref(), prefix, &end, access)?;
+    }
+    Ok(auth::header(info.as_ref()))
+}
+
 /// A lease for a caller that brought none.
-pub(crate) async fn grant_session(node: &Node, min_ttl: i64) -> Result<i64, RequestError> {
+pub(crate) async fn grant_session(
+    node: &Node,
+    min_ttl: i64,
+    who: &Caller,
+) -> Result<i64, RequestError> {
     let mut id = 0;
     while id == 0 {
         id = (node.handle.new_id() & (i64::MAX as u64)) as i64;
@@ -117,6 +155,7 @@ pub(crate) async fn grant_session(node: &Node, min_ttl: i64) -> Result<i64, Requ
     let out = node
         .handle
         .propose(InternalRaftRequest {
+            header: who.clone(),
             lease_grant: Some(LeaseGrantRequest {
                 ttl: SESSION_TTL.max(min_ttl),
                 id,
@@ -140,6 +179,7 @@ pub(crate) async fn create_or_get(
     key: &[u8],
     value: Bytes,
     lease: i64,
+    who: &Caller,
 ) -> Result<(ResponseHeader, i64, Option<Bytes>), RequestError> {
     let key = Bytes::copy_from_slice(key);
     let txn = TxnRequest {
@@ -168,6 +208,7 @@ pub(crate) async fn create_or_get(
     let out = node
         .handle
         .propose(InternalRaftRequest {
+            header: who.clone(),
             txn: Some(txn),
             ..Default::default()
         })
@@ -282,10 +323,11 @@ pub(crate) async fn own_create_revision(
 }
 
 /// Deletes `key`; returns the revision after.
-pub(crate) async fn delete_key(node: &Node, key: Bytes) -> Result<i64, RequestError> {
+pub(crate) async fn delete_key(node: &Node, key: Bytes, who: &Caller) -> Result<i64, RequestError> {
     let out = node
         .handle
         .propose(InternalRaftRequest {
+            header: who.clone(),
             delete_range: Some(DeleteRangeRequest {
                 key,
                 ..Default::default()
@@ -315,14 +357,15 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub(crate) struct DeleteOnDrop {
     pub node: Node,
     pub key: Option<Vec<u8>>,
+    pub who: Caller,
 }
 
 impl Drop for DeleteOnDrop {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let node = self.node.clone();
+            let (node, who) = (self.node.clone(), self.who.take());
             tokio::spawn(async move {
-                let _ = delete_key(&node, Bytes::from(key)).await;
+                let _ = delete_key(&node, Bytes::from(key), &who).await;
             });
         }
     }

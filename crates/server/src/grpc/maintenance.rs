@@ -19,6 +19,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{Alarms, ApplyResponse};
+use crate::auth::Auth;
 use crate::config::SERVER_VERSION;
 use crate::errors::RequestError;
 use crate::ids::MemberId;
@@ -30,6 +31,7 @@ pub struct MaintenanceService {
     handle: Arc<NodeHandle>,
     status: Arc<NodeStatus>,
     store: Store,
+    auth: Arc<Auth>,
 }
 
 impl MaintenanceService {
@@ -38,6 +40,7 @@ impl MaintenanceService {
             handle: node.handle.clone(),
             status: node.status.clone(),
             store: node.store.clone(),
+            auth: node.auth.clone(),
         }
     }
 
@@ -199,26 +202,38 @@ fn unimplemented(what: &str) -> Status {
 impl Maintenance for MaintenanceService {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
+    /// Alarm GET needs a user; ACTIVATE and DEACTIVATE the root role (etcd's fixed
+    /// releases; etcd 3.4.23 checks neither).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let get = req.get_ref().action == alarm_request::AlarmAction::Get as i32;
+        if get {
+            self.auth.require_user(req.metadata()).await?;
+        } else {
+            self.auth.require_admin(req.metadata()).await?;
+        }
         Ok(Response::new(self.alarm_inner(req.into_inner()).await?))
     }
 
+    /// Any user (etcd 3.5.32 and 3.6.12 on).
     async fn status(
         &self,
-        _req: Request<StatusRequest>,
+        req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        self.auth.require_user(req.metadata()).await?;
         Ok(Response::new(self.status_inner().await?))
     }
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.auth.require_admin(req.metadata()).await?;
         self.handle.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.auth.require_admin(req.metadata()).await?;
         Ok(Response::new(self.hash_inner().await?))
     }
 
@@ -226,13 +241,15 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.auth.require_admin(req.metadata()).await?;
         Ok(Response::new(self.hash_kv_inner(req.into_inner()).await?))
     }
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.auth.require_admin(req.metadata()).await?;
         Err(unimplemented("snapshot"))
     }
 
@@ -240,6 +257,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.auth.require_admin(req.metadata()).await?;
         Ok(Response::new(
             self.move_leader_inner(req.into_inner()).await?,
         ))
@@ -247,8 +265,9 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _req: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.auth.require_admin(req.metadata()).await?;
         Err(unimplemented("downgrade"))
     }
 }

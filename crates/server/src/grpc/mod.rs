@@ -1,9 +1,7 @@
 //! The gRPC services, one file per service (as etcd's `v3rpc`), and the router that
 //! serves them all.
 //!
-//! KV, Watch, Lease, Lock, Election, Cluster and Maintenance are implemented; Auth
-//! answer `Unimplemented` until their issues land, so clients get a clear error instead
-//! of a hang. Every service accepts requests up to `--max-request-bytes` plus 512 KiB of
+//! Every service accepts requests up to `--max-request-bytes` plus 512 KiB of
 //! gRPC decoding (larger ones fail with `ResourceExhausted` before any handler runs);
 //! the handlers refuse anything over `--max-request-bytes` themselves with etcd's
 //! "request is too large". Responses are unbounded, as etcd's `math.MaxInt32` send limit.
@@ -68,33 +66,6 @@ fn require_leader<T>(req: &tonic::Request<T>, status: &NodeStatus) -> Result<(),
     }
     Ok(())
 }
-
-/// Implements a service trait whose every method answers `Unimplemented`.
-macro_rules! unimplemented_service {
-    (
-        $service:ty, $trait_:path;
-        [$(type $assoc:ident = $assoc_ty:ty;)*]
-        $($method:ident($req:ty) -> $resp:ty;)*
-    ) => {
-        #[tonic::async_trait]
-        impl $trait_ for $service {
-            $(type $assoc = $assoc_ty;)*
-            $(
-                async fn $method(
-                    &self,
-                    _request: tonic::Request<$req>,
-                ) -> Result<tonic::Response<$resp>, tonic::Status> {
-                    Err($crate::errors::RequestError::Unimplemented(concat!(
-                        "retcd does not implement ",
-                        stringify!($method),
-                        " yet"
-                    ).to_string()).into())
-                }
-            )*
-        }
-    };
-}
-pub(crate) use unimplemented_service;
 
 /// Every service as an axum router, with oversized requests reported as gRPC-Go (and
 /// so etcd) reports them.
@@ -244,7 +215,7 @@ fn routes(node: &Node, limits: ServiceLimits, peers: Arc<PeerActivity>, dialer: 
         ClusterServer,
         cluster::ClusterService::new(node, limits.strict_reconfig_check, peers, dialer)
     ))
-    .add_service(limited!(AuthServer, auth::AuthService))
+    .add_service(limited!(AuthServer, auth::AuthService::new(node)))
     .add_service(limited!(
         LockServer,
         lock::LockService::new(node, limits.min_lease_ttl)

@@ -43,6 +43,8 @@ use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Auth;
+use crate::auth::state::Access;
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
 use crate::node::{Node, NodeStatus};
@@ -80,6 +82,7 @@ pub struct WatchService {
     fragment_bytes: usize,
     /// A `hasleader` stream ends after this long without a leader.
     no_leader_grace: Duration,
+    auth: Arc<Auth>,
 }
 
 impl WatchService {
@@ -100,6 +103,7 @@ impl WatchService {
             progress_interval,
             fragment_bytes,
             no_leader_grace: 3 * election_timeout,
+            auth: node.auth.clone(),
         }
     }
 }
@@ -112,6 +116,8 @@ struct StreamShared {
     /// Why the stream ended, if the server ended it.
     ended: Mutex<Option<Status>>,
     ended_flag: std::sync::atomic::AtomicBool,
+    /// The stream's credentials, for its create requests.
+    permits: Permits,
 }
 
 impl StreamShared {
@@ -137,7 +143,7 @@ impl WatchService {
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
-        let inbound = req.into_inner();
+        let (metadata, _, inbound) = req.into_parts();
         let status = self.status.clone();
         let data = Arc::new(Notify::new());
         let room = Arc::new(Notify::new());
@@ -156,6 +162,10 @@ impl WatchService {
             data,
             ended: Mutex::new(None),
             ended_flag: std::sync::atomic::AtomicBool::new(false),
+            permits: Permits {
+                auth: self.auth.clone(),
+                metadata,
+            },
         });
         let (closed_tx, closed_rx) = oneshot::channel::<()>();
         let leader_grace = wants_leader.then_some(self.no_leader_grace);
@@ -404,7 +414,13 @@ async fn receive(
             }
             msg = inbound.message(), if !half_closed && !waiting_for_room => match msg {
                 Ok(Some(req)) => {
-                    handle(&ss.stream, req);
+                    if let Some(RequestUnion::CreateRequest(c)) = &req.request_union
+                        && let Err(reason) = ss.permits.check(c).await
+                    {
+                        ss.stream.refuse_create(&reason);
+                    } else {
+                        handle(&ss.stream, req);
+                    }
                     waiting_for_room = !ss.stream.outbox().has_room_or_notify();
                 }
                 // The client closed its side; it may still read (etcd keeps serving).
@@ -415,6 +431,35 @@ async fn receive(
                 }
             },
         }
+    }
+}
+
+/// What a stream's creates are checked with: its credentials, as etcd checks each
+/// create (`isWatchPermitted`): read on the whole watched range.
+struct Permits {
+    auth: Arc<Auth>,
+    metadata: tonic::metadata::MetadataMap,
+}
+
+impl Permits {
+    /// `Err` holds the cancel reason, gRPC-Go's rendering of etcd's error.
+    async fn check(&self, c: &WatchCreateRequest) -> Result<(), String> {
+        let checked = match self.auth.info(&self.metadata).await {
+            Ok(info) => self
+                .auth
+                .state()
+                .check_range(info.as_ref(), &c.key, &c.range_end, Access::Read)
+                .map_err(RequestError::from),
+            Err(e) => Err(e),
+        };
+        checked.map_err(|e| {
+            let status = Status::from(e);
+            format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            )
+        })
     }
 }
 

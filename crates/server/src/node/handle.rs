@@ -153,12 +153,13 @@ impl NodeHandle {
         self.wait(rx).await
     }
 
-    /// Gives `req` a fresh request id and encodes it, within `--max-request-bytes`.
+    /// Gives `req` a fresh request id (keeping the proposer's credentials in its header)
+    /// and encodes it, within `--max-request-bytes`.
     fn encode(&self, mut req: InternalRaftRequest) -> Result<(u64, Bytes), RequestError> {
         let id = self.new_id();
         req.header = Some(RequestHeader {
             id,
-            ..Default::default()
+            ..req.header.unwrap_or_default()
         });
         let data = req.encode_to_vec();
         if data.len() > self.max_request_bytes {

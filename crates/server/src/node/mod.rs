@@ -96,6 +96,8 @@ pub use recover::{DataLayout, snapshot_image_path};
 pub use status::NodeStatus;
 
 use crate::apply::{Applier, ApplyError};
+use crate::auth::Auth;
+use crate::auth::tokens::SimpleTokens;
 use crate::clock;
 use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
@@ -160,6 +162,10 @@ pub struct NodeConfig {
     /// Entries kept in memory behind a Raft snapshot for followers that lag a little
     /// (`--experimental-snapshot-catchup-entries`, etcd's 5,000).
     pub snapshot_catchup_entries: u64,
+    /// How long a simple token lives after its last use (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of new passwords (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 /// How a member with an empty data directory starts.
@@ -230,6 +236,25 @@ impl LeaseView {
         })
     }
 
+    /// The keys attached to lease `id` (none if it does not exist).
+    pub fn keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.lessor()
+            .get(retcd_lease::LeaseId(id))
+            .map(|l| l.keys().iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The keys attached to any lease.
+    pub fn all_keys(&self) -> Vec<Vec<u8>> {
+        let lessor = self.lessor();
+        lessor
+            .ids()
+            .into_iter()
+            .filter_map(|id| lessor.get(id))
+            .flat_map(|l| l.keys().iter().cloned())
+            .collect()
+    }
+
     /// Every lease id, ascending.
     pub fn ids(&self) -> Vec<i64> {
         self.lessor().ids().into_iter().map(|id| id.0).collect()
@@ -245,6 +270,7 @@ pub struct Node {
     pub status: Arc<NodeStatus>,
     pub store: Store,
     pub leases: LeaseView,
+    pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -255,6 +281,7 @@ pub struct Opened {
     pub status: Arc<NodeStatus>,
     pub store: Store,
     pub leases: LeaseView,
+    pub auth: Arc<Auth>,
 }
 
 /// Opens (or creates) the data directory and recovers: the loop, ready for its first
@@ -291,12 +318,14 @@ pub fn open(
             .filter(|d| !d.is_empty())
             .and_then(|d| Membership::decode(&d).ok())
     };
+    let tokens = Arc::new(SimpleTokens::new(cfg.auth_token_ttl));
     let applier = Applier::open(
         kv.clone(),
         member_id,
         metrics.clone(),
         clock::lease_time(now),
         replay_from,
+        tokens.clone(),
     )?;
 
     let mut raft_cfg = retcd_raft::Config::new(member_id.0);
@@ -339,6 +368,13 @@ pub fn open(
     let leases = LeaseView {
         lessor: applier.lessor().clone(),
     };
+    let auth = Arc::new(Auth::new(
+        applier.auth().clone(),
+        tokens,
+        status.clone(),
+        cfg.bcrypt_cost,
+        cfg.request_timeout,
+    ));
     let raft_loop = RaftLoop::new(event_loop::LoopParts {
         raw,
         storage,
@@ -370,6 +406,7 @@ pub fn open(
         status,
         store,
         leases,
+        auth,
     })
 }
 
@@ -396,6 +433,7 @@ pub fn start(
         status,
         store,
         leases,
+        auth,
     } = opened;
     let (tx, rx) = std::sync::mpsc::sync_channel(handle::INPUT_QUEUE_CAPACITY);
     let thread = std::thread::Builder::new().name("raft-loop".into()).spawn({
@@ -436,6 +474,7 @@ pub fn start(
         status,
         store,
         leases,
+        auth,
         metrics,
     })
 }

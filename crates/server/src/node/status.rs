@@ -27,6 +27,8 @@ pub struct NodeStatus {
     leader: AtomicU64,
     committed_index: AtomicU64,
     applied_index: AtomicU64,
+    /// Woken whenever the applied index moves (cheap when nobody waits).
+    applied_moved: tokio::sync::Notify,
     /// This member leads.
     leader_role: AtomicBool,
     /// The loop is running (false once it stopped, cleanly or not).
@@ -76,6 +78,7 @@ impl NodeStatus {
             leader: AtomicU64::new(0),
             committed_index: AtomicU64::new(init.committed_index),
             applied_index: AtomicU64::new(init.applied_index),
+            applied_moved: tokio::sync::Notify::new(),
             leader_role: AtomicBool::new(false),
             running: AtomicBool::new(true),
             removed: AtomicBool::new(false),
@@ -109,6 +112,22 @@ impl NodeStatus {
     }
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+    /// Waits until the applied index reaches `index`, the loop stops, or `timeout`
+    /// passes, whichever comes first.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let moved = self.applied_moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if self.applied_index() >= index || !self.is_running() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return;
+            }
+        }
     }
     pub fn is_leader(&self) -> bool {
         self.leader_role.load(Ordering::Acquire)
@@ -226,6 +245,7 @@ impl NodeStatus {
     }
     pub(super) fn set_applied_index(&self, index: u64) {
         self.applied_index.store(index, Ordering::Release);
+        self.applied_moved.notify_waiters();
     }
     pub(super) fn set_db_file_bytes(&self, bytes: u64) {
         self.db_file_bytes.store(bytes, Ordering::Release);

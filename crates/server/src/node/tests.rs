@@ -116,6 +116,8 @@ fn node_config(dir: &std::path::Path, id: u64, ids: &[u64]) -> NodeConfig {
         backend_batch_interval: Duration::from_millis(100),
         backend_batch_limit: 10_000,
         snapshot_catchup_entries: 5_000,
+        auth_token_ttl: Duration::from_secs(300),
+        bcrypt_cost: 4,
     }
 }
 

@@ -427,15 +427,13 @@ fn refusals_name_the_flag() {
     );
 }
 
-// Goal: the flags of features that have not landed (auth, the JSON gateway) are refused
-// by name with any value but etcd's default, so no deployment believes it has them;
-// kubeadm's command line passes none of them.
+// Goal: the flags of features that have not landed (JWT tokens, the JSON gateway) are
+// refused by name with any value but etcd's default, so no deployment believes it has
+// them; kubeadm's command line passes none of them.
 #[test]
 fn flags_of_features_not_landed_are_refused() {
     for flag in [
         "--auth-token=jwt,pub-key=/p,priv-key=/k,sign-method=RS256",
-        "--auth-token-ttl=60",
-        "--bcrypt-cost=12",
         "--cors=http://a.example:8080",
         "--host-whitelist=a.example",
     ] {
@@ -452,5 +450,16 @@ fn flags_of_features_not_landed_are_refused() {
         &["--host-whitelist=*"],
     ] {
         ok(defaults);
+    }
+}
+
+// Goal: the auth flags that have landed take effect, and a bcrypt cost outside 4..=31
+// falls back to etcd's default with a warning, as etcd's auth store does.
+#[test]
+fn auth_flags() {
+    let c = ok(&["--auth-token-ttl=60", "--bcrypt-cost=12"]);
+    assert_eq!((c.auth_token_ttl, c.bcrypt_cost), (60, 12));
+    for bad in ["--bcrypt-cost=3", "--bcrypt-cost=32"] {
+        assert_eq!(ok(&[bad]).bcrypt_cost, 10, "{bad}");
     }
 }

@@ -1,0 +1,452 @@
+//! Auth against the binary: users, roles and permissions through Raft, simple tokens,
+//! and the permission checks of every service, with etcd's errors (etcd 3.4's latest
+//! patch, and its advisories' fixes).
+
+mod common;
+
+use common::{Retcd, status_of};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Permission, PutOptions, Txn, TxnOp,
+};
+use retcd_api::etcdserverpb::{
+    AuthenticateRequest, RangeRequest, WatchCreateRequest, WatchRequest, auth_client::AuthClient,
+    watch_client::WatchClient, watch_request::RequestUnion,
+};
+use tonic::Code;
+
+const ROOT_PW: &str = "r00t-Pa55";
+const ALICE_PW: &str = "al1ce-Pa55";
+
+/// A member with root, and alice who may read and write `/a/` and read `/r/`; auth on.
+async fn with_auth(dir: &std::path::Path, extra: &[&str]) -> Retcd {
+    let mut args = vec!["--bcrypt-cost", "4"];
+    args.extend_from_slice(extra);
+    let server = Retcd::start(dir, &args);
+    let mut c = server.client().await;
+    c.user_add("root", ROOT_PW, None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.role_add("app").await.unwrap();
+    c.role_grant_permission("app", Permission::read_write("/a/").with_prefix())
+        .await
+        .unwrap();
+    c.role_grant_permission("app", Permission::read("/r/").with_prefix())
+        .await
+        .unwrap();
+    c.user_add("alice", ALICE_PW, None).await.unwrap();
+    c.user_grant_role("alice", "app").await.unwrap();
+    c.user_add("nobody", "n0body-pw", None).await.unwrap();
+    c.put("/secret", "s", None).await.unwrap();
+    c.auth_enable().await.unwrap();
+    server
+}
+
+async fn login(server: &Retcd, user: &str, pw: &str) -> Client {
+    Client::connect(
+        [server.endpoint()],
+        Some(ConnectOptions::new().with_user(user, pw)),
+    )
+    .await
+    .expect("log in")
+}
+
+fn code_msg(e: etcd_client::Error) -> (Code, String) {
+    let s = status_of(e);
+    (s.code(), s.message().to_string())
+}
+
+fn denied() -> (Code, String) {
+    (
+        Code::PermissionDenied,
+        "etcdserver: permission denied".into(),
+    )
+}
+
+fn no_user() -> (Code, String) {
+    (
+        Code::InvalidArgument,
+        "etcdserver: user name is empty".into(),
+    )
+}
+
+// Goal: with auth on, each principal gets exactly what etcd allows it on keys, txns
+// (nested ones and prev_kv included), leases, members, maintenance and auth itself.
+#[tokio::test]
+async fn permissions_by_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_auth(dir.path(), &[]).await;
+    let mut anon = server.client().await;
+    let mut alice = login(&server, "alice", ALICE_PW).await;
+    let mut nobody = login(&server, "nobody", "n0body-pw").await;
+    let mut root = login(&server, "root", ROOT_PW).await;
+
+    // No token: every call that needs a user.
+    assert_eq!(
+        code_msg(anon.get("/a/x", None).await.unwrap_err()),
+        no_user()
+    );
+    assert_eq!(
+        code_msg(anon.put("/a/x", "v", None).await.unwrap_err()),
+        no_user()
+    );
+    assert_eq!(
+        code_msg(anon.lease_grant(10, None).await.unwrap_err()),
+        no_user()
+    );
+    assert_eq!(code_msg(anon.member_list().await.unwrap_err()), no_user());
+    assert_eq!(code_msg(anon.status().await.unwrap_err()), no_user());
+    assert_eq!(
+        code_msg(
+            anon.alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None
+            )
+            .await
+            .unwrap_err()
+        ),
+        no_user()
+    );
+    assert_eq!(
+        code_msg(anon.compact(1, None).await.unwrap_err()),
+        no_user()
+    );
+    assert_eq!(code_msg(anon.auth_disable().await.unwrap_err()), no_user());
+
+    // Alice: her ranges only.
+    alice.put("/a/x", "1", None).await.unwrap();
+    assert_eq!(
+        alice.get("/a/x", None).await.unwrap().kvs()[0].value(),
+        b"1"
+    );
+    alice
+        .get("/a/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    alice.get("/r/k", None).await.unwrap();
+    assert_eq!(
+        code_msg(alice.put("/r/k", "v", None).await.unwrap_err()),
+        denied()
+    );
+    assert_eq!(
+        code_msg(alice.get("/secret", None).await.unwrap_err()),
+        denied()
+    );
+    assert_eq!(
+        code_msg(
+            alice
+                .get("/", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap_err()
+        ),
+        denied()
+    );
+    assert_eq!(
+        code_msg(
+            alice
+                .get("/a/", Some(GetOptions::new().with_from_key()))
+                .await
+                .unwrap_err()
+        ),
+        denied(),
+        "from-key reaches past the grant"
+    );
+    assert_eq!(
+        code_msg(alice.delete("/secret", None).await.unwrap_err()),
+        denied()
+    );
+    // Txns: compares, both branches, nested txns (CVE-2026-33343), prev_kv on a put
+    // (CVE-2026-44283).
+    let nested = Txn::new().and_then([TxnOp::txn(
+        Txn::new().and_then([TxnOp::get("/secret", None)]),
+    )]);
+    assert_eq!(code_msg(alice.txn(nested).await.unwrap_err()), denied());
+    let nested_write = Txn::new().or_else([TxnOp::txn(
+        Txn::new().and_then([TxnOp::put("/secret", "x", None)]),
+    )]);
+    assert_eq!(
+        code_msg(alice.txn(nested_write).await.unwrap_err()),
+        denied()
+    );
+    let cmp = Txn::new()
+        .when([Compare::value("/secret", CompareOp::Equal, "s")])
+        .and_then([TxnOp::put("/a/y", "1", None)]);
+    assert_eq!(code_msg(alice.txn(cmp).await.unwrap_err()), denied());
+    let ok = Txn::new()
+        .when([Compare::value("/a/x", CompareOp::Equal, "1")])
+        .and_then([TxnOp::put("/a/y", "1", None)]);
+    assert!(alice.txn(ok).await.unwrap().succeeded());
+    // A user with no roles may do nothing with keys; root may do everything.
+    assert_eq!(
+        code_msg(nobody.get("/a/x", None).await.unwrap_err()),
+        denied()
+    );
+    let prev = Txn::new().and_then([TxnOp::put(
+        "/r/k",
+        "v",
+        Some(PutOptions::new().with_prev_key()),
+    )]);
+    root.txn(prev.clone()).await.unwrap();
+    assert_eq!(code_msg(alice.txn(prev).await.unwrap_err()), denied());
+    root.get("/secret", None).await.unwrap();
+
+    // Leases: any user may grant; revoking needs write on the attached keys.
+    let lease = root.lease_grant(60, None).await.unwrap().id();
+    root.put(
+        "/secret/leased",
+        "x",
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        code_msg(alice.lease_revoke(lease).await.unwrap_err()),
+        denied()
+    );
+    assert_eq!(
+        code_msg(
+            alice
+                .lease_time_to_live(
+                    lease,
+                    Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys())
+                )
+                .await
+                .unwrap_err()
+        ),
+        denied(),
+        "CVE-2023-32082: keys need read"
+    );
+    alice.lease_time_to_live(lease, None).await.unwrap();
+    assert_eq!(code_msg(alice.leases().await.unwrap_err()), denied());
+    let mine = alice.lease_grant(60, None).await.unwrap().id();
+    // Attaching a lease whose keys she cannot write is refused.
+    assert_eq!(
+        code_msg(
+            alice
+                .put("/a/z", "1", Some(PutOptions::new().with_lease(lease)))
+                .await
+                .unwrap_err()
+        ),
+        denied()
+    );
+    alice
+        .put("/a/z", "1", Some(PutOptions::new().with_lease(mine)))
+        .await
+        .unwrap();
+    alice.lease_revoke(mine).await.unwrap();
+
+    // Members and maintenance: list and status for users, the rest for root.
+    alice.member_list().await.unwrap();
+    alice.status().await.unwrap();
+    alice
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_msg(alice.defragment().await.unwrap_err()), denied());
+    assert_eq!(code_msg(alice.hash_kv(0).await.unwrap_err()), denied());
+    assert_eq!(
+        code_msg(alice.compact(1, None).await.unwrap_err()),
+        denied()
+    );
+    root.hash_kv(0).await.unwrap();
+    root.defragment().await.unwrap();
+
+    // Auth management is root's; a user may read itself and its roles.
+    assert_eq!(code_msg(alice.user_list().await.unwrap_err()), denied());
+    assert_eq!(code_msg(alice.auth_disable().await.unwrap_err()), denied());
+    assert_eq!(alice.user_get("alice").await.unwrap().roles(), ["app"]);
+    assert_eq!(
+        code_msg(alice.user_get("root").await.unwrap_err()),
+        denied()
+    );
+    alice.role_get("app").await.unwrap();
+    assert_eq!(
+        code_msg(alice.role_get("root").await.unwrap_err()),
+        denied()
+    );
+    // Root and its role stay while auth is on; grants must name keys (#15294).
+    let mgmt = (
+        Code::InvalidArgument,
+        "etcdserver: invalid auth management".to_string(),
+    );
+    assert_eq!(code_msg(root.user_delete("root").await.unwrap_err()), mgmt);
+    assert_eq!(code_msg(root.role_delete("root").await.unwrap_err()), mgmt);
+    assert_eq!(
+        code_msg(root.user_revoke_role("root", "root").await.unwrap_err()),
+        mgmt
+    );
+    assert_eq!(
+        code_msg(
+            root.role_grant_permission("app", Permission::read("/z").with_range_end("/a"))
+                .await
+                .unwrap_err()
+        ),
+        mgmt
+    );
+    let mut users = root.user_list().await.unwrap().users().to_vec();
+    users.sort();
+    assert_eq!(users, ["alice", "nobody", "root"]);
+}
+
+// Goal: a garbage token is refused as invalid, a failed login is refused as etcd
+// refuses it, a password change ends old tokens, and a watch outside the grant (a
+// from-key watch included, GHSA-xg4h) is refused at creation.
+#[tokio::test]
+async fn tokens_logins_and_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_auth(dir.path(), &[]).await;
+    let mut auth = AuthClient::connect(server.endpoint()).await.unwrap();
+    let bad = auth
+        .authenticate(AuthenticateRequest {
+            name: "alice".into(),
+            password: "wrong".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (bad.code(), bad.message()),
+        (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password"
+        )
+    );
+    let token = auth
+        .authenticate(AuthenticateRequest {
+            name: "alice".into(),
+            password: ALICE_PW.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let with = |token: &str, key: &str| {
+        let mut req = tonic::Request::new(RangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("token", token.parse().unwrap());
+        req
+    };
+    let mut kv = server.raw_kv().await;
+    kv.range(with(&token, "/a/x")).await.unwrap();
+    for garbage in ["garbage", "abcdefghijklmnop.1", &format!("{token}0")] {
+        let e = kv.range(with(garbage, "/a/x")).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::Unauthenticated, "etcdserver: invalid auth token"),
+            "{garbage}"
+        );
+    }
+
+    // Watches: inside the grant, created; outside it, refused at creation.
+    let mut watch = WatchClient::connect(server.endpoint()).await.unwrap();
+    for (key, end, allowed) in [
+        ("/a/", "/a0", true),
+        ("/a/", "\0", false),
+        ("/", "0", false),
+        ("/secret", "", false),
+    ] {
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.as_bytes().to_vec().into(),
+                range_end: end.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        };
+        let mut req = tonic::Request::new(tokio_stream::iter(vec![create]));
+        req.metadata_mut().insert("token", token.parse().unwrap());
+        let mut stream = watch.watch(req).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(first.created, "{key}..{end}");
+        if allowed {
+            assert!(!first.canceled, "{key}..{end}: {}", first.cancel_reason);
+        } else {
+            assert!(first.canceled, "{key}..{end}");
+            assert_eq!(first.watch_id, -1);
+            assert_eq!(
+                first.cancel_reason,
+                "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+            );
+        }
+    }
+
+    // A new password ends the tokens of the old one.
+    let mut root = login(&server, "root", ROOT_PW).await;
+    root.user_change_password("alice", "n3w-Pa55")
+        .await
+        .unwrap();
+    let e = kv.range(with(&token, "/a/x")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    login(&server, "alice", "n3w-Pa55")
+        .await
+        .get("/a/x", None)
+        .await
+        .unwrap();
+    // Auth off: everyone may do everything again.
+    root.auth_disable().await.unwrap();
+    let mut anon = server.client().await;
+    anon.get("/secret", None).await.unwrap();
+}
+
+// Goal: after users are created and log in 1,000 times, neither the data directory
+// (WAL, snapshots, backend) nor the log at debug level holds a password or a token.
+#[tokio::test]
+async fn no_secrets_at_rest_or_in_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = with_auth(&data, &["--log-level", "debug"]).await;
+    let mut auth = AuthClient::connect(server.endpoint()).await.unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..1_000 {
+        let t = auth
+            .authenticate(AuthenticateRequest {
+                name: "alice".into(),
+                password: ALICE_PW.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        tokens.push(t);
+    }
+    let log = server.log();
+    server.terminate();
+    let mut haystack = log.into_bytes();
+    for entry in walk(&data) {
+        haystack.extend(std::fs::read(&entry).unwrap());
+    }
+    for password in [ROOT_PW, ALICE_PW, "n0body-pw"] {
+        assert!(
+            !haystack
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "a password was found at rest or in the log"
+        );
+    }
+    // Every token's random part (16 letters), looked up at every offset.
+    let randoms: std::collections::HashSet<&[u8]> = tokens
+        .iter()
+        .map(|t| t.split('.').next().unwrap().as_bytes())
+        .collect();
+    assert_eq!(randoms.len(), tokens.len(), "tokens are distinct");
+    assert!(
+        !haystack.windows(16).any(|w| randoms.contains(w)),
+        "a token was found at rest or in the log"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
