@@ -58,6 +58,16 @@ pub fn embedded_client_status(e: RequestError) -> Status {
     }
 }
 
+/// gRPC-Go's text of a status (`status.Error().Error()`), which etcd puts where an error
+/// travels as a string, such as a refused watch create's cancel reason.
+pub fn grpc_go_text(status: &Status) -> String {
+    format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    )
+}
+
 /// The client-facing meaning of an MVCC error, if it has one. `Compacted` and
 /// `FutureRevision` are deterministic answers to a request; everything else is a storage
 /// failure.

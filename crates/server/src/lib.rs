@@ -23,6 +23,8 @@
 //! - `apply`: the deterministic state machine; every request kind is decided in one of
 //!   its files, behind a chain of gates (auth, CORRUPT, NOSPACE).
 //! - `auth`: etcd's auth store as applied, permission checks, simple tokens, bcrypt.
+//! - `published`: what the raft loop publishes for readers (`Published`, the applied
+//!   index and its waiters).
 //! - `membership`: members and their rules; `quota`: the backend quota before proposing.
 //! - `grpc`: one file per service; `peer`: the member-to-member protocol.
 //! - `corrupt`: the initial corruption check, HashKV compared with the peers before
@@ -85,6 +87,7 @@ pub mod metrics;
 mod node;
 mod peer;
 mod pings;
+mod published;
 mod quota;
 mod server;
 mod serving;

@@ -55,7 +55,7 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message as _;
 use retcd_api::errors::EtcdError;
@@ -73,6 +73,8 @@ pub use auth::{AuthAnswer, AuthGate, check_txn};
 pub use kv::{KvRead, execute_range, execute_read_only_txn, txn_is_read_only, txn_is_serializable};
 pub use membership::DecodedConfChange;
 pub use request::Request;
+
+pub use crate::published::Published;
 
 use crate::auth::state::{AuthInfo, AuthState};
 use crate::auth::tokens::{SimpleTokens, TokenChange};
@@ -150,37 +152,6 @@ pub trait Gate: Send {
 pub trait RaftConfig {
     /// Applies the change to the core's configuration; `Err` if the core refuses it.
     fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> Result<(), String>;
-}
-
-/// A value apply publishes after each committed batch, for readers elsewhere (the
-/// services, the transport): they read a copy as of the last committed batch.
-#[derive(Debug, Default)]
-pub struct Published<T>(Arc<RwLock<T>>);
-
-impl<T> Clone for Published<T> {
-    fn clone(&self) -> Self {
-        Published(self.0.clone())
-    }
-}
-
-impl<T: Clone> Published<T> {
-    pub fn new(value: T) -> Self {
-        Published(Arc::new(RwLock::new(value)))
-    }
-
-    /// A copy of the value.
-    pub fn get(&self) -> T {
-        self.read(T::clone)
-    }
-
-    /// Reads the value in place.
-    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn set(&self, value: T) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = value;
-    }
 }
 
 /// Applies committed entries to the store, the lessor, the alarms and the membership.

@@ -23,10 +23,9 @@ use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::RequestHeader;
 use tonic::metadata::MetadataMap;
 
-use crate::apply::Published;
 use crate::clock;
 use crate::errors::RequestError;
-use crate::node::NodeStatus;
+use crate::published::{AppliedIndex, Published};
 use state::{AuthInfo, AuthState};
 use tokens::SimpleTokens;
 
@@ -40,7 +39,7 @@ pub const TOKEN_HEADER: &str = "authorization";
 pub struct Auth {
     state: Published<Arc<AuthState>>,
     tokens: Arc<SimpleTokens>,
-    status: Arc<NodeStatus>,
+    applied: Arc<AppliedIndex>,
     bcrypt_cost: u32,
     /// How long a token's Authenticate entry is waited for (the request timeout).
     wait: Duration,
@@ -50,14 +49,14 @@ impl Auth {
     pub fn new(
         state: Published<Arc<AuthState>>,
         tokens: Arc<SimpleTokens>,
-        status: Arc<NodeStatus>,
+        applied: Arc<AppliedIndex>,
         bcrypt_cost: u32,
         wait: Duration,
     ) -> Auth {
         Auth {
             state,
             tokens,
-            status,
+            applied,
             bcrypt_cost,
             wait,
         }
@@ -90,8 +89,8 @@ impl Auth {
         let Some((_, index)) = tokens::parse(token) else {
             return Err(EtcdError::InvalidAuthToken.into());
         };
-        if index > self.status.applied_index() {
-            self.status.wait_applied(index, self.wait).await;
+        if index > self.applied.get() {
+            self.applied.wait_for(index, self.wait).await;
         }
         let revision = self.state.read(|s| s.revision);
         match self.tokens.user_of(token, clock::lease_now()) {
@@ -133,4 +132,26 @@ pub fn header(info: Option<&AuthInfo>) -> Option<RequestHeader> {
         auth_revision: i.revision,
         ..Default::default()
     })
+}
+
+/// A stream's credentials (its metadata at open), checked at each request on it: what a
+/// watch create needs.
+pub struct StreamCredentials {
+    auth: Arc<Auth>,
+    metadata: MetadataMap,
+}
+
+impl StreamCredentials {
+    pub fn new(auth: Arc<Auth>, metadata: MetadataMap) -> StreamCredentials {
+        StreamCredentials { auth, metadata }
+    }
+
+    /// Whether the stream's user may read every key of `(key, range_end)`.
+    pub async fn check_read(&self, key: &[u8], range_end: &[u8]) -> Result<(), RequestError> {
+        let info = self.auth.info(&self.metadata).await?;
+        self.auth
+            .state()
+            .check_range(info.as_ref(), key, range_end, state::Access::Read)?;
+        Ok(())
+    }
 }

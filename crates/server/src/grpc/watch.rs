@@ -21,33 +21,33 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use prost::Message;
-use prost::encoding::{DecodeContext, WireType};
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::watch_request::RequestUnion;
 use retcd_api::etcdserverpb::{
     ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request,
 };
-use retcd_api::mvccpb;
 use retcd_backend::RedbBackend;
 use retcd_mvcc::watch::{EventList, IdBuildHasher, Out};
-use retcd_mvcc::{Event, EventKind, WatchOptions, WatchStream};
+use retcd_mvcc::{WatchOptions, WatchStream};
 use tokio::sync::{Notify, oneshot};
 use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::Auth;
-use crate::auth::state::Access;
-use crate::errors::RequestError;
+use crate::auth::{Auth, StreamCredentials};
+use crate::errors::{RequestError, grpc_go_text};
+
+mod encode;
 use crate::grpc::require_leader;
 use crate::node::{Node, NodeStatus};
+pub use encode::EncodedWatchResponse;
+use encode::{encode_event, header_field};
 
 /// Responses taken from the outbox at once; within them, a watcher's consecutive event
 /// responses are merged (see [`coalesce`]). Large enough to hold a few batches for a
@@ -117,7 +117,7 @@ struct StreamShared {
     ended: Mutex<Option<Status>>,
     ended_flag: std::sync::atomic::AtomicBool,
     /// The stream's credentials, for its create requests.
-    permits: Permits,
+    permits: StreamCredentials,
 }
 
 impl StreamShared {
@@ -162,10 +162,7 @@ impl WatchService {
             data,
             ended: Mutex::new(None),
             ended_flag: std::sync::atomic::AtomicBool::new(false),
-            permits: Permits {
-                auth: self.auth.clone(),
-                metadata,
-            },
+            permits: StreamCredentials::new(self.auth.clone(), metadata),
         });
         let (closed_tx, closed_rx) = oneshot::channel::<()>();
         let leader_grace = wants_leader.then_some(self.no_leader_grace);
@@ -265,110 +262,6 @@ impl tonic::server::StreamingService<WatchRequest> for WatchMethod {
     }
 }
 
-/// A `WatchResponse` ready for the wire: `head` (every field before the watch id, or
-/// every field but the events), then `watch_id` unless 0, then the events `range` of a
-/// shared list, each from its cached encoding. Event responses share one encoded header
-/// per revision (`head`), so a batch for a thousand watchers encodes it once.
-#[derive(Clone, Debug, Default)]
-pub struct EncodedWatchResponse {
-    head: Bytes,
-    watch_id: i64,
-    events: Option<EventList>,
-    range: Range<usize>,
-    /// Whole lists that follow `events[range]` (later responses merged into this one).
-    more: Vec<EventList>,
-    prev_kv: bool,
-}
-
-/// `watch_id` is field 2 of `WatchResponse`.
-const WATCH_ID_FIELD: u32 = 2;
-
-/// `header` as field 1 of a `WatchResponse`, as prost encodes it.
-fn header_field(header: &ResponseHeader) -> Bytes {
-    let mut buf = Vec::with_capacity(48);
-    prost::encoding::message::encode(1, header, &mut buf);
-    buf.into()
-}
-
-/// `events` is field 11 of `WatchResponse`.
-const EVENTS_FIELD: u32 = 11;
-
-/// One event as an element of field 11, framed (field key, length, body): what the
-/// event cache holds, so a response copies each event with one slice.
-fn encode_event(e: &Event, prev_kv: bool) -> Vec<u8> {
-    let event = event_to_pb(e, prev_kv);
-    let body_len = event.encoded_len();
-    let mut buf = Vec::with_capacity(
-        prost::encoding::key_len(EVENTS_FIELD)
-            + prost::encoding::encoded_len_varint(body_len as u64)
-            + body_len,
-    );
-    prost::encoding::message::encode(EVENTS_FIELD, &event, &mut buf);
-    buf
-}
-
-impl EncodedWatchResponse {
-    fn control(resp: &WatchResponse) -> Self {
-        EncodedWatchResponse {
-            head: resp.encode_to_vec().into(),
-            ..Default::default()
-        }
-    }
-
-    fn watch_id_len(&self) -> usize {
-        match self.watch_id {
-            0 => 0,
-            id => {
-                prost::encoding::key_len(WATCH_ID_FIELD)
-                    + prost::encoding::encoded_len_varint(id as u64)
-            }
-        }
-    }
-
-    /// Each event framed as an element of field 11.
-    fn framed_events(&self) -> impl Iterator<Item = &[u8]> {
-        let prev_kv = self.prev_kv;
-        self.events
-            .iter()
-            .flat_map(move |list| list[self.range.clone()].iter())
-            .chain(self.more.iter().flat_map(|list| list.iter()))
-            .map(move |e| e.encoded(prev_kv, encode_event))
-    }
-}
-
-impl Message for EncodedWatchResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.head);
-        if self.watch_id != 0 {
-            // int64: the two's complement as a varint, as prost writes it.
-            prost::encoding::encode_key(WATCH_ID_FIELD, WireType::Varint, buf);
-            prost::encoding::encode_varint(self.watch_id as u64, buf);
-        }
-        for event in self.framed_events() {
-            buf.put_slice(event);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever sent; decoding skips everything.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.head.len() + self.watch_id_len() + self.framed_events().map(<[u8]>::len).sum::<usize>()
-    }
-
-    fn clear(&mut self) {
-        *self = EncodedWatchResponse::default();
-    }
-}
-
 /// Reads requests until the client goes away or the response stream is dropped; ticks
 /// progress notifications and watches for a lost leader.
 async fn receive(
@@ -414,10 +307,11 @@ async fn receive(
             }
             msg = inbound.message(), if !half_closed && !waiting_for_room => match msg {
                 Ok(Some(req)) => {
+                    // etcd's `isWatchPermitted`: read on the whole watched range.
                     if let Some(RequestUnion::CreateRequest(c)) = &req.request_union
-                        && let Err(reason) = ss.permits.check(c).await
+                        && let Err(e) = ss.permits.check_read(&c.key, &c.range_end).await
                     {
-                        ss.stream.refuse_create(&reason);
+                        ss.stream.refuse_create(&grpc_go_text(&Status::from(e)));
                     } else {
                         handle(&ss.stream, req);
                     }
@@ -431,35 +325,6 @@ async fn receive(
                 }
             },
         }
-    }
-}
-
-/// What a stream's creates are checked with: its credentials, as etcd checks each
-/// create (`isWatchPermitted`): read on the whole watched range.
-struct Permits {
-    auth: Arc<Auth>,
-    metadata: tonic::metadata::MetadataMap,
-}
-
-impl Permits {
-    /// `Err` holds the cancel reason, gRPC-Go's rendering of etcd's error.
-    async fn check(&self, c: &WatchCreateRequest) -> Result<(), String> {
-        let checked = match self.auth.info(&self.metadata).await {
-            Ok(info) => self
-                .auth
-                .state()
-                .check_range(info.as_ref(), &c.key, &c.range_end, Access::Read)
-                .map_err(RequestError::from),
-            Err(e) => Err(e),
-        };
-        checked.map_err(|e| {
-            let status = Status::from(e);
-            format!(
-                "rpc error: code = {:?} desc = {}",
-                status.code(),
-                status.message()
-            )
-        })
     }
 }
 
@@ -721,35 +586,6 @@ fn coalesce(batch: Vec<Out>) -> Vec<Merged> {
     out
 }
 
-fn kv_to_pb(kv: &retcd_mvcc::KeyValue) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: Bytes::copy_from_slice(&kv.key),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: Bytes::copy_from_slice(&kv.value),
-        lease: kv.lease,
-    }
-}
-
-fn event_to_pb(e: &Event, prev_kv: bool) -> mvccpb::Event {
-    let kind = match e.kind {
-        EventKind::Put => mvccpb::event::EventType::Put,
-        EventKind::Delete => mvccpb::event::EventType::Delete,
-    };
-    // etcd leaves prev_kv out of create events.
-    let is_create = e.kind == EventKind::Put && e.kv.version == 1;
-    mvccpb::Event {
-        r#type: kind as i32,
-        kv: Some(kv_to_pb(&e.kv)),
-        prev_kv: if prev_kv && !is_create {
-            e.prev_kv.as_ref().map(kv_to_pb)
-        } else {
-            None
-        },
-    }
-}
-
 /// Queues `events` as one response, or, when `limit` is set (the watcher asked for
 /// `fragment`) and the response is at least `limit` bytes, as parts of at most `limit`
 /// bytes (at least one event each) with `fragment = true` on all but the last, as etcd's
@@ -816,9 +652,14 @@ fn fragments(
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+
+    use super::encode::event_to_pb;
     use super::*;
+    use retcd_api::mvccpb;
     use retcd_mvcc::KeyValue;
     use retcd_mvcc::watch::WatchEvent;
+    use retcd_mvcc::{Event, EventKind};
 
     fn events(n: usize, value_len: usize) -> EventList {
         (0..n)

@@ -371,7 +371,7 @@ pub fn open(
     let auth = Arc::new(Auth::new(
         applier.auth().clone(),
         tokens,
-        status.clone(),
+        status.applied().clone(),
         cfg.bcrypt_cost,
         cfg.request_timeout,
     ));

@@ -15,6 +15,7 @@ use retcd_mvcc::KvStore;
 use crate::apply::{Alarms, Published};
 use crate::ids::{ClusterId, MemberId};
 use crate::membership::Membership;
+use crate::published::AppliedIndex;
 
 /// How long a measurement of the backend's bytes in use is reused.
 pub const DB_IN_USE_REFRESH: Duration = Duration::from_secs(10);
@@ -26,9 +27,7 @@ pub struct NodeStatus {
     term: AtomicU64,
     leader: AtomicU64,
     committed_index: AtomicU64,
-    applied_index: AtomicU64,
-    /// Woken whenever the applied index moves (cheap when nobody waits).
-    applied_moved: tokio::sync::Notify,
+    applied_index: Arc<AppliedIndex>,
     /// This member leads.
     leader_role: AtomicBool,
     /// The loop is running (false once it stopped, cleanly or not).
@@ -77,8 +76,7 @@ impl NodeStatus {
             term: AtomicU64::new(init.term),
             leader: AtomicU64::new(0),
             committed_index: AtomicU64::new(init.committed_index),
-            applied_index: AtomicU64::new(init.applied_index),
-            applied_moved: tokio::sync::Notify::new(),
+            applied_index: Arc::new(AppliedIndex::new(init.applied_index)),
             leader_role: AtomicBool::new(false),
             running: AtomicBool::new(true),
             removed: AtomicBool::new(false),
@@ -111,23 +109,11 @@ impl NodeStatus {
         self.committed_index.load(Ordering::Acquire)
     }
     pub fn applied_index(&self) -> u64 {
-        self.applied_index.load(Ordering::Acquire)
+        self.applied_index.get()
     }
-    /// Waits until the applied index reaches `index`, the loop stops, or `timeout`
-    /// passes, whichever comes first.
-    pub async fn wait_applied(&self, index: u64, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let moved = self.applied_moved.notified();
-            let mut moved = std::pin::pin!(moved);
-            moved.as_mut().enable();
-            if self.applied_index() >= index || !self.is_running() {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, moved).await.is_err() {
-                return;
-            }
-        }
+    /// The applied index, for those who wait on it.
+    pub fn applied(&self) -> &Arc<AppliedIndex> {
+        &self.applied_index
     }
     pub fn is_leader(&self) -> bool {
         self.leader_role.load(Ordering::Acquire)
@@ -244,8 +230,7 @@ impl NodeStatus {
         self.committed_index.store(index, Ordering::Release);
     }
     pub(super) fn set_applied_index(&self, index: u64) {
-        self.applied_index.store(index, Ordering::Release);
-        self.applied_moved.notify_waiters();
+        self.applied_index.set(index);
     }
     pub(super) fn set_db_file_bytes(&self, bytes: u64) {
         self.db_file_bytes.store(bytes, Ordering::Release);
@@ -265,6 +250,7 @@ impl NodeStatus {
     /// The loop thread ended (cleanly or not).
     pub(super) fn mark_stopped(&self) {
         self.running.store(false, Ordering::Release);
+        self.applied_index.stop();
         self.stopped.send_replace(true);
     }
 }
