@@ -265,6 +265,19 @@ where
                     }
                 },
             };
+            let identity = ClientIdentity {
+                addr: peer,
+                cn: match &io {
+                    MaybeTls::Tls(s) => verified_cn(s.get_ref().1.peer_certificates()),
+                    MaybeTls::Plain(_) => None,
+                },
+            };
+            let router = tower::ServiceBuilder::new()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(identity.clone());
+                    req
+                })
+                .service(router);
             let svc = TowerToHyperService::new(router);
             let conn = builder
                 .serve_connection_with_upgrades(
@@ -279,6 +292,26 @@ where
             }
         });
     }
+}
+
+/// Who is at the other end of a client connection, as the connection (not the client)
+/// says: every request carries it as an extension, for auth (`--client-cert-auth`'s CN
+/// user, login throttling by address).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub addr: Option<std::net::SocketAddr>,
+    /// The CN of the client certificate the TLS handshake verified.
+    pub cn: Option<String>,
+}
+
+/// The first CN of the leaf certificate rustls verified (it hands over only verified
+/// chains), if any.
+fn verified_cn(chain: Option<&[rustls_pki_types::CertificateDer<'static>]>) -> Option<String> {
+    let leaf = chain?.first()?;
+    crate::tls::verify::names(leaf)
+        .common_names
+        .into_iter()
+        .next()
 }
 
 /// Whether `ip` is a loopback address (for the startup warnings about plaintext).

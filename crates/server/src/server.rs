@@ -103,6 +103,7 @@ impl Server {
             snapshot_catchup_entries: config.snapshot_catchup_entries,
             auth_token_ttl: std::time::Duration::from_secs(config.auth_token_ttl),
             bcrypt_cost: config.bcrypt_cost,
+            client_cert_auth: config.client_tls.client_cert_auth,
         };
         let metrics = Arc::new(Metrics::new(config.metrics_extensive));
         // Opening the backend and replaying the WAL block: off the reactor.

@@ -12,6 +12,7 @@ use retcd_api::etcdserverpb::{
     AuthenticateRequest, RangeRequest, WatchCreateRequest, WatchRequest, auth_client::AuthClient,
     watch_client::WatchClient, watch_request::RequestUnion,
 };
+use std::time::{Duration, Instant};
 use tonic::Code;
 
 const ROOT_PW: &str = "r00t-Pa55";
@@ -22,7 +23,13 @@ async fn with_auth(dir: &std::path::Path, extra: &[&str]) -> Retcd {
     let mut args = vec!["--bcrypt-cost", "4"];
     args.extend_from_slice(extra);
     let server = Retcd::start(dir, &args);
-    let mut c = server.client().await;
+    add_users_and_enable(&mut server.client().await).await;
+    server
+}
+
+/// root, and alice who may read and write `/a/` and read `/r/`, and nobody without a
+/// role; `/secret` written; auth on.
+async fn add_users_and_enable(c: &mut Client) {
     c.user_add("root", ROOT_PW, None).await.unwrap();
     c.user_grant_role("root", "root").await.unwrap();
     c.role_add("app").await.unwrap();
@@ -37,7 +44,29 @@ async fn with_auth(dir: &std::path::Path, extra: &[&str]) -> Retcd {
     c.user_add("nobody", "n0body-pw", None).await.unwrap();
     c.put("/secret", "s", None).await.unwrap();
     c.auth_enable().await.unwrap();
-    server
+}
+
+/// A token of `user`, through Authenticate.
+async fn token_of(
+    auth: &mut AuthClient<tonic::transport::Channel>,
+    user: &str,
+    pw: &str,
+) -> String {
+    auth.authenticate(AuthenticateRequest {
+        name: user.into(),
+        password: pw.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("log in {user}: {e}"))
+    .into_inner()
+    .token
+}
+
+/// `msg` as a request carrying `token`.
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("token", token.parse().unwrap());
+    req
 }
 
 async fn login(server: &Retcd, user: &str, pw: &str) -> Client {
@@ -313,22 +342,15 @@ async fn tokens_logins_and_watches() {
             "etcdserver: authentication failed, invalid user ID or password"
         )
     );
-    let token = auth
-        .authenticate(AuthenticateRequest {
-            name: "alice".into(),
-            password: ALICE_PW.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = token_of(&mut auth, "alice", ALICE_PW).await;
     let with = |token: &str, key: &str| {
-        let mut req = tonic::Request::new(RangeRequest {
-            key: key.as_bytes().to_vec().into(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert("token", token.parse().unwrap());
-        req
+        with_token(
+            RangeRequest {
+                key: key.as_bytes().to_vec().into(),
+                ..Default::default()
+            },
+            token,
+        )
     };
     let mut kv = server.raw_kv().await;
     kv.range(with(&token, "/a/x")).await.unwrap();
@@ -356,8 +378,7 @@ async fn tokens_logins_and_watches() {
                 ..Default::default()
             })),
         };
-        let mut req = tonic::Request::new(tokio_stream::iter(vec![create]));
-        req.metadata_mut().insert("token", token.parse().unwrap());
+        let req = with_token(tokio_stream::iter(vec![create]), &token);
         let mut stream = watch.watch(req).await.unwrap().into_inner();
         let first = stream.message().await.unwrap().unwrap();
         assert!(first.created, "{key}..{end}");
@@ -401,16 +422,7 @@ async fn no_secrets_at_rest_or_in_logs() {
     let mut auth = AuthClient::connect(server.endpoint()).await.unwrap();
     let mut tokens = Vec::new();
     for _ in 0..1_000 {
-        let t = auth
-            .authenticate(AuthenticateRequest {
-                name: "alice".into(),
-                password: ALICE_PW.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
-        tokens.push(t);
+        tokens.push(token_of(&mut auth, "alice", ALICE_PW).await);
     }
     let log = server.log();
     server.terminate();
@@ -449,4 +461,231 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+// Goal: when a permission is revoked, a watch stream that may no longer read what it
+// watches ends within 5 s (etcd lets it run on); new creates are refused at once.
+#[tokio::test]
+async fn revoking_a_permission_ends_watch_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_auth(dir.path(), &[]).await;
+    let mut alice = login(&server, "alice", ALICE_PW).await;
+    let mut stream = alice
+        .watch("/a/", Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut root = login(&server, "root", ROOT_PW).await;
+    root.put("/a/seen", "1", None).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let resp = stream.message().await.unwrap().unwrap();
+            if let Some(e) = resp.events().first() {
+                return e.kv().unwrap().key().to_vec();
+            }
+        }
+    })
+    .await
+    .expect("an event in time");
+    assert_eq!(first, b"/a/seen");
+
+    let revoked = Instant::now();
+    root.role_revoke_permission(
+        "app",
+        "/a/",
+        Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    let took = revoked.elapsed();
+    assert!(took <= Duration::from_secs(5), "ended after {took:?}");
+    let status = status_of(end.expect_err("ended with an error"));
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, "etcdserver: permission denied")
+    );
+}
+
+// Goal: after five failed logins for a user, further logins are refused without a
+// password check for a while, even with the right password; other users go on.
+#[tokio::test]
+async fn failed_logins_are_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_auth(dir.path(), &[]).await;
+    let mut auth = AuthClient::connect(server.endpoint()).await.unwrap();
+    let attempt = |name: &str, password: &str| AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    for _ in 0..6 {
+        auth.authenticate(attempt("nobody", "wrong"))
+            .await
+            .unwrap_err();
+    }
+    let refused = auth
+        .authenticate(attempt("nobody", "n0body-pw"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password"
+        )
+    );
+    assert!(server.log().contains("authentication throttled"), "logged");
+    // The address is throttled too (all tests come from 127.0.0.1), so alice waits out
+    // the back-off (100 ms after the sixth failure) like anyone from there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match auth.authenticate(attempt("alice", ALICE_PW)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::InvalidArgument);
+                assert!(Instant::now() < deadline, "still throttled after 10 s");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+// Goal: with --client-cert-auth, a request without a token is its verified client
+// certificate's CN's, with that user's permissions; an unknown CN may do nothing.
+#[tokio::test]
+async fn client_certificate_cn_is_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::tls::Pki::new(&dir.path().join("pki"));
+    let port = common::free_port();
+    let mut flags = pki.client_flags();
+    flags.push("--bcrypt-cost=4".into());
+    let _server = common::tls::start_https(
+        &dir.path().join("data"),
+        port,
+        &flags,
+        std::path::Path::new(pki.ca.cert()),
+        &pki.server,
+    )
+    .await;
+    let ca = std::path::Path::new(pki.ca.cert());
+    let mut good = common::tls::grpc_client(port, ca, Some(&pki.good))
+        .await
+        .unwrap();
+    good.user_add("root", ROOT_PW, None).await.unwrap();
+    good.user_grant_role("root", "root").await.unwrap();
+    good.role_add("app").await.unwrap();
+    good.role_grant_permission("app", Permission::read_write("/a/").with_prefix())
+        .await
+        .unwrap();
+    good.user_add(
+        "good",
+        "",
+        Some(etcd_client::UserAddOptions::new().with_no_pwd()),
+    )
+    .await
+    .unwrap();
+    good.user_grant_role("good", "app").await.unwrap();
+    good.put("/secret", "s", None).await.unwrap();
+    good.auth_enable().await.unwrap();
+
+    good.put("/a/x", "1", None).await.unwrap();
+    assert_eq!(good.get("/a/x", None).await.unwrap().kvs()[0].value(), b"1");
+    assert_eq!(
+        code_msg(good.get("/secret", None).await.unwrap_err()),
+        denied()
+    );
+    assert_eq!(code_msg(good.user_list().await.unwrap_err()), denied());
+    // The server's certificate says CN retcd-test: no such user.
+    let mut stranger = common::tls::grpc_client(port, ca, Some(&pki.server))
+        .await
+        .unwrap();
+    assert_eq!(
+        code_msg(stranger.get("/a/x", None).await.unwrap_err()),
+        denied()
+    );
+    // A no-password user cannot log in with a password.
+    let e = status_of(
+        etcd_client::Client::connect(
+            [format!("https://127.0.0.1:{port}")],
+            Some(
+                ConnectOptions::new().with_user("good", "x").with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(
+                            std::fs::read(pki.ca.cert()).unwrap(),
+                        ))
+                        .domain_name("127.0.0.1")
+                        .identity(etcd_client::Identity::from_pem(
+                            std::fs::read(&pki.good.cert).unwrap(),
+                            std::fs::read(&pki.good.key).unwrap(),
+                        )),
+                ),
+            ),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    );
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::Unknown,
+            "auth: authentication failed, password was given for no password user"
+        )
+    );
+}
+
+// Goal: in a 3-member cluster, auth enabled through one member is in force on every
+// member, and a simple token minted through one member works on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_share_auth_and_tokens() {
+    use retcd_testkit::cluster::{Cluster, ClusterSpec};
+    let spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))
+        .size(3)
+        .heartbeat_ms(50)
+        .election_ms(500)
+        .extra_arg("--bcrypt-cost=4");
+    let cluster = common::blocking(|| Cluster::start(spec)).unwrap();
+    add_users_and_enable(&mut cluster.client(0).await.unwrap()).await;
+    for i in 0..3 {
+        let mut anon = cluster.client(i).await.unwrap();
+        assert_eq!(
+            code_msg(anon.get("/a/x", None).await.unwrap_err()),
+            no_user(),
+            "member {i}"
+        );
+    }
+    let mut auth = AuthClient::connect(cluster.client_url(0)).await.unwrap();
+    let token = token_of(&mut auth, "alice", ALICE_PW).await;
+    for i in 0..3 {
+        let mut kv = retcd_api::etcdserverpb::kv_client::KvClient::connect(cluster.client_url(i))
+            .await
+            .unwrap();
+        let put = retcd_api::etcdserverpb::PutRequest {
+            key: format!("/a/{i}").into_bytes().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        };
+        kv.put(with_token(put, &token))
+            .await
+            .unwrap_or_else(|e| panic!("member {i}: {e}"));
+        let denied = RangeRequest {
+            key: b"/b".to_vec().into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            kv.range(with_token(denied, &token))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+    }
 }

@@ -8,6 +8,7 @@
 //! state) and proposes only the user and a digest of the new token's random part.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use retcd_api::errors::EtcdError;
 use retcd_api::etcdserverpb::{
@@ -23,11 +24,10 @@ use retcd_api::etcdserverpb::{
     AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse,
     InternalAuthenticateRequest, InternalRaftRequest, ResponseHeader, auth_server::Auth as AuthRpc,
 };
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{ApplyResponse, AuthAnswer};
-use crate::auth::{self, Auth, password, tokens};
+use crate::auth::{self, Auth, Credentials, password, tokens};
 use crate::errors::RequestError;
 use crate::node::{Node, NodeHandle, NodeStatus};
 
@@ -54,13 +54,13 @@ impl AuthService {
         Some(self.status.header(None))
     }
 
-    /// Proposes `req` with the credentials of `metadata` and returns apply's answer.
+    /// Proposes `req` with the caller's credentials and returns apply's answer.
     async fn propose(
         &self,
-        metadata: &MetadataMap,
+        creds: &Credentials,
         mut req: InternalRaftRequest,
     ) -> Result<AuthAnswer, RequestError> {
-        let info = self.auth.info(metadata).await?;
+        let info = self.auth.info(creds).await?;
         req.header = auth::header(info.as_ref());
         match self.handle.propose(req).await? {
             ApplyResponse::Auth(a) => Ok(a),
@@ -75,19 +75,19 @@ impl AuthService {
 
     async fn done(
         &self,
-        metadata: &MetadataMap,
+        creds: &Credentials,
         req: InternalRaftRequest,
     ) -> Result<Option<ResponseHeader>, RequestError> {
-        self.propose(metadata, req).await?;
+        self.propose(creds, req).await?;
         Ok(self.header())
     }
 
     async fn names(
         &self,
-        metadata: &MetadataMap,
+        creds: &Credentials,
         req: InternalRaftRequest,
     ) -> Result<Vec<String>, RequestError> {
-        match self.propose(metadata, req).await? {
+        match self.propose(creds, req).await? {
             AuthAnswer::Names(n) => Ok(n),
             other => Err(unexpected(&other)),
         }
@@ -96,7 +96,13 @@ impl AuthService {
     async fn authenticate_inner(
         &self,
         r: AuthenticateRequest,
+        addr: Option<std::net::IpAddr>,
     ) -> Result<AuthenticateResponse, RequestError> {
+        let throttle = self.auth.throttle();
+        if !throttle.wait(&r.name, addr, Instant::now()).is_zero() {
+            tracing::warn!(user = %r.name, remote = ?addr, "authentication throttled after repeated failures");
+            return Err(EtcdError::AuthFailed.into());
+        }
         // As etcd: the password is checked against state at least as new as the
         // cluster's when the request arrived.
         self.handle.read_index().await?;
@@ -107,6 +113,7 @@ impl AuthService {
             }
             let Some(user) = state.users.get(&r.name) else {
                 tracing::warn!(user = %r.name, "authentication failed: no such user");
+                throttle.failed(&r.name, addr, Instant::now());
                 return Err(EtcdError::AuthFailed.into());
             };
             if user.options.as_ref().is_some_and(|o| o.no_password) {
@@ -114,8 +121,10 @@ impl AuthService {
             }
             if !password::matches(r.password.clone(), user.password.to_vec()).await {
                 tracing::warn!(user = %r.name, "authentication failed: invalid password");
+                throttle.failed(&r.name, addr, Instant::now());
                 return Err(EtcdError::AuthFailed.into());
             }
+            throttle.succeeded(&r.name, addr);
             let random = tokens::random_part()
                 .map_err(|_| RequestError::Internal("no randomness for a token".into()))?;
             let req = InternalRaftRequest {
@@ -156,10 +165,11 @@ fn unexpected(a: &AuthAnswer) -> RequestError {
 
 macro_rules! raft_done {
     ($self:ident, $req:ident, $field:ident, $resp:ident) => {{
-        let (metadata, _, r) = $req.into_parts();
+        let creds = Credentials::of(&$req);
+        let r = $req.into_inner();
         let header = $self
             .done(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     $field: Some(r),
                     ..Default::default()
@@ -190,10 +200,11 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        let (metadata, _, r) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let r = req.into_inner();
         let answer = self
             .propose(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_status: Some(r),
                     ..Default::default()
@@ -214,8 +225,9 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
+        let addr = Credentials::of(&req).identity().addr.map(|a| a.ip());
         Ok(Response::new(
-            self.authenticate_inner(req.into_inner()).await?,
+            self.authenticate_inner(req.into_inner(), addr).await?,
         ))
     }
 
@@ -223,12 +235,13 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        let (metadata, _, mut r) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let mut r = req.into_inner();
         if r.name.is_empty() {
             return Err(RequestError::from(EtcdError::UserEmpty).into());
         }
         // Only an admin's request is worth the hashing (apply decides all the same).
-        self.auth.require_admin(&metadata).await?;
+        self.auth.require_admin(&creds).await?;
         if !r.options.is_some_and(|o| o.no_password) {
             let plain = std::mem::take(&mut r.password);
             r.hashed_password = password::hash_for_request(plain, self.auth.bcrypt_cost()).await?;
@@ -236,7 +249,7 @@ impl AuthRpc for AuthService {
         r.password.clear();
         let header = self
             .done(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_user_add: Some(r),
                     ..Default::default()
@@ -250,10 +263,11 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let (metadata, _, r) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let r = req.into_inner();
         let roles = self
             .names(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_user_get: Some(r),
                     ..Default::default()
@@ -270,10 +284,11 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        let (metadata, _, r) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let r = req.into_inner();
         let users = self
             .names(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_user_list: Some(r),
                     ..Default::default()
@@ -297,13 +312,14 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        let (metadata, _, mut r) = req.into_parts();
-        self.auth.require_admin(&metadata).await?;
+        let creds = Credentials::of(&req);
+        let mut r = req.into_inner();
+        self.auth.require_admin(&creds).await?;
         let plain = std::mem::take(&mut r.password);
         r.hashed_password = password::hash_for_request(plain, self.auth.bcrypt_cost()).await?;
         let header = self
             .done(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_user_change_password: Some(r),
                     ..Default::default()
@@ -338,10 +354,11 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let (metadata, _, r) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let r = req.into_inner();
         let answer = self
             .propose(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_role_get: Some(r),
                     ..Default::default()
@@ -361,10 +378,11 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        let (metadata, _, r) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let r = req.into_inner();
         let roles = self
             .names(
-                &metadata,
+                &creds,
                 InternalRaftRequest {
                     auth_role_list: Some(r),
                     ..Default::default()

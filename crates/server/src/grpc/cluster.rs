@@ -30,7 +30,7 @@ use retcd_raft::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
 use crate::apply::ApplyResponse;
-use crate::auth::Auth;
+use crate::auth::{Auth, Credentials};
 use crate::clock;
 use crate::errors::RequestError;
 use crate::ids::{self, MemberId};
@@ -264,7 +264,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        self.auth.require_admin(request.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&request)).await?;
         Ok(Response::new(self.add(request.into_inner()).await?))
     }
 
@@ -272,7 +272,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.auth.require_admin(request.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&request)).await?;
         Ok(Response::new(self.remove(request.into_inner()).await?))
     }
 
@@ -280,7 +280,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.auth.require_admin(request.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&request)).await?;
         Ok(Response::new(self.update(request.into_inner()).await?))
     }
 
@@ -289,7 +289,7 @@ impl Cluster for ClusterService {
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         // Any user (etcd's fixed releases; PR #21551 let non-admins list members).
-        self.auth.require_user(request.metadata()).await?;
+        self.auth.require_user(&Credentials::of(&request)).await?;
         if request.get_ref().linearizable {
             self.handle.read_index().await?;
         }
@@ -307,7 +307,7 @@ impl Cluster for ClusterService {
         // A forwarded promotion comes from a member over the peer listener, which serves
         // nothing else; the member that took it from the client checked it.
         if !forwarded {
-            self.auth.require_admin(request.metadata()).await?;
+            self.auth.require_admin(&Credentials::of(&request)).await?;
         }
         Ok(Response::new(
             self.promote(request.into_inner(), forwarded).await?,

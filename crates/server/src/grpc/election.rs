@@ -38,7 +38,7 @@ use super::lock::{
     prefix_end, wait_for_older,
 };
 use crate::apply::{self, ApplyResponse};
-use crate::auth::{self, state::Access};
+use crate::auth::{self, Credentials, state::Access};
 use crate::errors::{RequestError, embedded_client_status};
 use crate::node::Node;
 
@@ -137,7 +137,7 @@ impl ElectionService {
         let prefix = prefix_of(&req.get_ref().name);
         let who = caller(
             &self.node,
-            req.metadata(),
+            &Credentials::of(&req),
             &prefix,
             &[Access::Read, Access::Write],
         )
@@ -184,7 +184,7 @@ impl ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<ProclaimResponse, RequestError> {
-        let who = auth::header(self.node.auth.info(req.metadata()).await?.as_ref());
+        let who = auth::header(self.node.auth.info(&Credentials::of(&req)).await?.as_ref());
         let r = req.into_inner();
         let mut leader = r.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
         if leader.key.is_empty() {
@@ -205,7 +205,7 @@ impl ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<ResignResponse, RequestError> {
-        let who = auth::header(self.node.auth.info(req.metadata()).await?.as_ref());
+        let who = auth::header(self.node.auth.info(&Credentials::of(&req)).await?.as_ref());
         let leader = req
             .into_inner()
             .leader
@@ -240,7 +240,7 @@ impl ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<LeaderResponse, RequestError> {
         let prefix = prefix_of(&req.get_ref().name);
-        caller(&self.node, req.metadata(), &prefix, &[Access::Read]).await?;
+        caller(&self.node, &Credentials::of(&req), &prefix, &[Access::Read]).await?;
         self.node.handle.read_index().await?;
         let kv = leader_kv(&self.node, &prefix)?.ok_or(EtcdError::ElectionNoLeader)?;
         Ok(LeaderResponse {
@@ -286,7 +286,7 @@ impl Election for ElectionService {
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let node = self.node.clone();
         let prefix = prefix_of(&req.get_ref().name);
-        caller(&node, req.metadata(), &prefix, &[Access::Read])
+        caller(&node, &Credentials::of(&req), &prefix, &[Access::Read])
             .await
             .map_err(embedded_client_status)?;
         node.handle

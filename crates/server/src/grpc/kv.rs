@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::apply::validate::{check_delete, check_put, check_range, check_txn_request};
 use crate::apply::{self, ApplyResponse};
 use crate::auth::state::{Access, AuthInfo};
-use crate::auth::{self, Auth};
+use crate::auth::{self, Auth, Credentials};
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
 use crate::metrics::Metrics;
@@ -67,15 +67,17 @@ impl KvService {
 
     async fn range_inner(&self, req: Request<RangeRequest>) -> Result<RangeResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        let info = self.auth.info(req.metadata()).await?;
+        let info = self.auth.info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_range(&r)?;
-        self.auth
-            .state()
-            .check_range(info.as_ref(), &r.key, &r.range_end, Access::Read)?;
+        // As etcd: a linearizable read first waits for the read index, so the check sees
+        // the auth store at least as new as the cluster's when the read began.
         if !r.serializable {
             self.handle.read_index().await?;
         }
+        self.auth
+            .state()
+            .check_range(info.as_ref(), &r.key, &r.range_end, Access::Read)?;
         let mut resp = {
             let view = self.store.kv.view()?;
             apply::execute_range(&view, &r, &self.metrics)?
@@ -87,7 +89,7 @@ impl KvService {
 
     async fn put_inner(&self, req: Request<PutRequest>) -> Result<PutResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        let info = self.auth.info(req.metadata()).await?;
+        let info = self.auth.info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_put(&r)?;
         self.quota.check(quota::put_cost(&r)).await?;
@@ -111,7 +113,7 @@ impl KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<DeleteRangeResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        let info = self.auth.info(req.metadata()).await?;
+        let info = self.auth.info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_delete(&r)?;
         let out = self
@@ -131,7 +133,7 @@ impl KvService {
 
     async fn txn_inner(&self, req: Request<TxnRequest>) -> Result<TxnResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        let info = self.auth.info(req.metadata()).await?;
+        let info = self.auth.info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_txn_request(&r, Some(self.max_txn_ops))?;
         // As etcd, every txn passes the quota check, read-only ones included (they cost
@@ -139,13 +141,13 @@ impl KvService {
         self.quota.check(quota::txn_cost(&r)).await?;
         if apply::txn_is_read_only(&r) {
             // etcd serves read-only txns like ranges: no Raft entry, one read view.
+            if !apply::txn_is_serializable(&r) {
+                self.handle.read_index().await?;
+            }
             let auth = self.auth.state();
             if auth.enabled {
                 // A read-only txn puts nothing, so no lease is consulted.
                 apply::check_txn(&auth, info.as_ref(), &retcd_lease::Lessor::new(), &r)?;
-            }
-            if !apply::txn_is_serializable(&r) {
-                self.handle.read_index().await?;
             }
             let mut resp = {
                 let view = self.store.kv.view()?;
@@ -176,7 +178,7 @@ impl KvService {
     ) -> Result<CompactionResponse, RequestError> {
         require_leader(&req, &self.status)?;
         // etcd 3.4.23 lets anyone compact; its fixed releases need the root role.
-        let info = self.auth.require_admin(req.metadata()).await?;
+        let info = self.auth.require_admin(&Credentials::of(&req)).await?;
         // A compaction commits its batch durably (see `node`), so `physical` needs no
         // extra wait: the answer comes after the durable commit either way.
         let out = self

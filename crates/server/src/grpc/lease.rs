@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::apply::ApplyResponse;
 use crate::auth::state::Access;
-use crate::auth::{self, Auth};
+use crate::auth::{self, Auth, Credentials};
 use crate::clock;
 use crate::errors::RequestError;
 use crate::grpc::require_leader;
@@ -77,11 +77,11 @@ impl LeaseService {
     /// the root role, or while auth is off).
     async fn check_lease_keys(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
+        creds: &Credentials,
         ids: Option<i64>,
         access: Access,
     ) -> Result<(), RequestError> {
-        check_lease_keys(&self.auth, &self.leases, metadata, ids, access).await
+        check_lease_keys(&self.auth, &self.leases, creds, ids, access).await
     }
 
     async fn grant(
@@ -89,7 +89,7 @@ impl LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<LeaseGrantResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        let info = self.auth.require_user(req.metadata()).await?;
+        let info = self.auth.require_user(&Credentials::of(&req)).await?;
         let mut r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -122,7 +122,7 @@ impl LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<LeaseRevokeResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        let info = self.auth.require_user(req.metadata()).await?;
+        let info = self.auth.require_user(&Credentials::of(&req)).await?;
         let out = self
             .handle
             .propose(InternalRaftRequest {
@@ -145,9 +145,9 @@ impl LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<LeaseTimeToLiveResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        self.auth.require_user(req.metadata()).await?;
+        self.auth.require_user(&Credentials::of(&req)).await?;
         if req.get_ref().keys {
-            self.check_lease_keys(req.metadata(), Some(req.get_ref().id), Access::Read)
+            self.check_lease_keys(&Credentials::of(&req), Some(req.get_ref().id), Access::Read)
                 .await?;
         }
         let r = req.into_inner();
@@ -180,8 +180,8 @@ impl LeaseService {
         req: Request<LeaseLeasesRequest>,
     ) -> Result<LeaseLeasesResponse, RequestError> {
         require_leader(&req, &self.status)?;
-        self.auth.require_user(req.metadata()).await?;
-        self.check_lease_keys(req.metadata(), None, Access::Read)
+        self.auth.require_user(&Credentials::of(&req)).await?;
+        self.check_lease_keys(&Credentials::of(&req), None, Access::Read)
             .await?;
         self.handle.read_index().await?;
         let ids = self.leases.ids();
@@ -284,7 +284,8 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         require_leader(&req, &self.status).map_err(Status::from)?;
-        let (metadata, _, mut inbound) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let mut inbound = req.into_inner();
         let (auth, leases) = (self.auth.clone(), self.leases.clone());
         let (out_tx, out_rx) = mpsc::channel::<Result<LeaseKeepAliveResponse, Status>>(64);
         let renewer = self.renewer.clone();
@@ -299,7 +300,7 @@ impl Lease for LeaseService {
                 let Ok(Some(r)) = msg else { return };
                 // etcd's `checkLeaseRenew`, for each keep-alive.
                 if let Err(e) =
-                    check_lease_keys(&auth, &leases, &metadata, Some(r.id), Access::Write).await
+                    check_lease_keys(&auth, &leases, &creds, Some(r.id), Access::Write).await
                 {
                     let _ = out_tx.send(Err(Status::from(e))).await;
                     return;
@@ -354,7 +355,7 @@ impl Lease for LeaseService {
 async fn check_lease_keys(
     auth: &Auth,
     leases: &LeaseView,
-    metadata: &tonic::metadata::MetadataMap,
+    creds: &Credentials,
     id: Option<i64>,
     access: Access,
 ) -> Result<(), RequestError> {
@@ -362,7 +363,7 @@ async fn check_lease_keys(
     if !state.enabled {
         return Ok(());
     }
-    let Some(info) = auth.info(metadata).await? else {
+    let Some(info) = auth.info(creds).await? else {
         return Err(EtcdError::UserEmpty.into());
     };
     if state.check_admin(Some(&info)).is_ok() {

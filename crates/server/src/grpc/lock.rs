@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{self, ApplyResponse};
-use crate::auth::{self, state::Access};
+use crate::auth::{self, Credentials, state::Access};
 use crate::clock;
 use crate::errors::{RequestError, embedded_client_status};
 use crate::node::Node;
@@ -57,7 +57,7 @@ impl LockService {
         let prefix = [req.get_ref().name.as_ref(), b"/"].concat();
         let who = caller(
             &self.node,
-            req.metadata(),
+            &Credentials::of(&req),
             &prefix,
             &[Access::Read, Access::Write],
         )
@@ -96,7 +96,7 @@ impl LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<UnlockResponse, RequestError> {
-        let who = auth::header(self.node.auth.info(req.metadata()).await?.as_ref());
+        let who = auth::header(self.node.auth.info(&Credentials::of(&req)).await?.as_ref());
         let key = req.into_inner().key;
         // etcd's Unlock is a client Delete, which refuses an empty key before proposing.
         if key.is_empty() {
@@ -129,11 +129,11 @@ pub(crate) type Caller = Option<RequestHeader>;
 /// access of `accesses` to (the whole range, as its waits read it).
 pub(crate) async fn caller(
     node: &Node,
-    metadata: &tonic::metadata::MetadataMap,
+    creds: &Credentials,
     prefix: &[u8],
     accesses: &[Access],
 ) -> Result<Caller, RequestError> {
-    let info = node.auth.info(metadata).await?;
+    let info = node.auth.info(creds).await?;
     let state = node.auth.state();
     let end = prefix_end(prefix);
     for &access in accesses {

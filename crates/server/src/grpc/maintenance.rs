@@ -19,7 +19,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{Alarms, ApplyResponse};
-use crate::auth::Auth;
+use crate::auth::{Auth, Credentials};
 use crate::config::SERVER_VERSION;
 use crate::errors::RequestError;
 use crate::ids::MemberId;
@@ -207,9 +207,9 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let get = req.get_ref().action == alarm_request::AlarmAction::Get as i32;
         if get {
-            self.auth.require_user(req.metadata()).await?;
+            self.auth.require_user(&Credentials::of(&req)).await?;
         } else {
-            self.auth.require_admin(req.metadata()).await?;
+            self.auth.require_admin(&Credentials::of(&req)).await?;
         }
         Ok(Response::new(self.alarm_inner(req.into_inner()).await?))
     }
@@ -219,7 +219,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.auth.require_user(req.metadata()).await?;
+        self.auth.require_user(&Credentials::of(&req)).await?;
         Ok(Response::new(self.status_inner().await?))
     }
 
@@ -227,13 +227,13 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.auth.require_admin(req.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&req)).await?;
         self.handle.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.auth.require_admin(req.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&req)).await?;
         Ok(Response::new(self.hash_inner().await?))
     }
 
@@ -241,7 +241,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.auth.require_admin(req.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&req)).await?;
         Ok(Response::new(self.hash_kv_inner(req.into_inner()).await?))
     }
 
@@ -249,7 +249,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.auth.require_admin(req.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&req)).await?;
         Err(unimplemented("snapshot"))
     }
 
@@ -257,7 +257,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        self.auth.require_admin(req.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&req)).await?;
         Ok(Response::new(
             self.move_leader_inner(req.into_inner()).await?,
         ))
@@ -267,7 +267,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        self.auth.require_admin(req.metadata()).await?;
+        self.auth.require_admin(&Credentials::of(&req)).await?;
         Err(unimplemented("downgrade"))
     }
 }

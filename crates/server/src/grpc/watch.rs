@@ -40,7 +40,7 @@ use tonic::codegen::{Body, BoxFuture, BoxStream, StdError, http};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Auth, StreamCredentials};
+use crate::auth::{Auth, Credentials, StreamCredentials};
 use crate::errors::{RequestError, grpc_go_text};
 
 mod encode;
@@ -72,6 +72,8 @@ const MERGE_MAX_BYTES: usize = 1 << 20;
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// etcd's default progress notify interval.
 const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+/// How often a stream looks whether the auth store changed under its watchers.
+const AUTH_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct WatchService {
     status: Arc<NodeStatus>,
@@ -143,7 +145,8 @@ impl WatchService {
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
-        let (metadata, _, inbound) = req.into_parts();
+        let creds = Credentials::of(&req);
+        let inbound = req.into_inner();
         let status = self.status.clone();
         let data = Arc::new(Notify::new());
         let room = Arc::new(Notify::new());
@@ -162,7 +165,7 @@ impl WatchService {
             data,
             ended: Mutex::new(None),
             ended_flag: std::sync::atomic::AtomicBool::new(false),
-            permits: StreamCredentials::new(self.auth.clone(), metadata),
+            permits: StreamCredentials::new(self.auth.clone(), creds),
         });
         let (closed_tx, closed_rx) = oneshot::channel::<()>();
         let leader_grace = wants_leader.then_some(self.no_leader_grace);
@@ -282,6 +285,9 @@ async fn receive(
         (g / 6).max(MIN_PROGRESS_INTERVAL)
     });
     let mut leader_check = tokio::time::interval(leader_check_every);
+    // Auth changes are looked at once a second: a stream that may no longer read what
+    // it watches ends within about that.
+    let mut auth_check = tokio::time::interval(AUTH_RECHECK_INTERVAL);
     let mut leaderless_since: Option<Instant> = None;
     let mut half_closed = false;
     // Backpressure: after a request, the next one waits until the client has read
@@ -300,6 +306,12 @@ async fn receive(
                         ss.end(Some(RequestError::from(EtcdError::NoLeader).into()));
                         break;
                     }
+                }
+            }
+            _ = auth_check.tick() => {
+                if let Err(e) = ss.permits.recheck().await {
+                    ss.end(Some(e.into()));
+                    break;
                 }
             }
             _ = room.notified(), if waiting_for_room => {

@@ -96,8 +96,8 @@ pub use recover::{DataLayout, snapshot_image_path};
 pub use status::NodeStatus;
 
 use crate::apply::{Applier, ApplyError};
-use crate::auth::Auth;
 use crate::auth::tokens::SimpleTokens;
+use crate::auth::{Auth, AuthConfig};
 use crate::clock;
 use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
@@ -166,6 +166,9 @@ pub struct NodeConfig {
     pub auth_token_ttl: Duration,
     /// bcrypt cost of new passwords (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// `--client-cert-auth`: a verified client certificate's CN authenticates a request
+    /// without a token.
+    pub client_cert_auth: bool,
 }
 
 /// How a member with an empty data directory starts.
@@ -372,8 +375,11 @@ pub fn open(
         applier.auth().clone(),
         tokens,
         status.applied().clone(),
-        cfg.bcrypt_cost,
-        cfg.request_timeout,
+        AuthConfig {
+            bcrypt_cost: cfg.bcrypt_cost,
+            wait: cfg.request_timeout,
+            client_cert_auth: cfg.client_cert_auth,
+        },
     ));
     let raft_loop = RaftLoop::new(event_loop::LoopParts {
         raw,

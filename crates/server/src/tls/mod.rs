@@ -25,7 +25,7 @@
 mod auto;
 mod client;
 mod server;
-mod verify;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
