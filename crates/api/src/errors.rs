@@ -134,6 +134,9 @@ etcd_errors! {
     /// Authenticate for a user added with `no_password` (etcd has no gRPC error for it:
     /// gRPC-Go sends its auth store's error as `Unknown`).
     NoPasswordUser => Unknown, "auth: authentication failed, password was given for no password user";
+    /// Authenticate on a member given only the JWT public key (etcd's `ErrVerifyOnly`,
+    /// unmapped in gRPC too).
+    JwtVerifyOnly => Unknown, "auth: token signing attempted with verify-only key";
 
     // ---- cluster state
     NoLeader => Unavailable, "etcdserver: no leader";
@@ -433,6 +436,11 @@ mod tests {
             EtcdError::NoPasswordUser,
             Code::Unknown,
             "auth: authentication failed, password was given for no password user",
+        ),
+        (
+            EtcdError::JwtVerifyOnly,
+            Code::Unknown,
+            "auth: token signing attempted with verify-only key",
         ),
         (
             EtcdError::NoLeader,

@@ -28,6 +28,13 @@ pub fn lease_now() -> Time {
     lease_time(Instant::now())
 }
 
+/// Seconds since the Unix epoch (JWT expiry).
+pub fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Milliseconds since the Unix epoch, for proposals (`InternalRaftRequest.wall_clock_ms`)
 /// and for a new leader's bound on lease deadlines.
 pub fn wall_clock_ms() -> i64 {

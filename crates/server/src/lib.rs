@@ -22,7 +22,7 @@
 //!   publishes, the store, the lease view).
 //! - `apply`: the deterministic state machine; every request kind is decided in one of
 //!   its files, behind a chain of gates (auth, CORRUPT, NOSPACE).
-//! - `auth`: etcd's auth store as applied, permission checks, simple tokens, bcrypt.
+//! - `auth`: etcd's auth store as applied, permission checks, simple and JWT tokens, bcrypt.
 //! - `published`: what the raft loop publishes for readers (`Published`, the applied
 //!   index and its waiters).
 //! - `membership`: members and their rules; `quota`: the backend quota before proposing.

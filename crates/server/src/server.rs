@@ -104,6 +104,7 @@ impl Server {
             auth_token_ttl: std::time::Duration::from_secs(config.auth_token_ttl),
             bcrypt_cost: config.bcrypt_cost,
             client_cert_auth: config.client_tls.client_cert_auth,
+            jwt: load_jwt(&config.auth_token)?,
         };
         let metrics = Arc::new(Metrics::new(config.metrics_extensive));
         // Opening the backend and replaying the WAL block: off the reactor.
@@ -402,4 +403,20 @@ async fn publish_attributes(
 /// Starts a server for `config` and serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     Server::start(&config).await?.serve_until(shutdown).await
+}
+
+/// The JWT provider of `--auth-token jwt,...` (the spec was checked with the config),
+/// its keys read now: a key that cannot serve fails the start.
+fn load_jwt(spec: &str) -> anyhow::Result<Option<Arc<crate::auth::jwt::Jwt>>> {
+    let ttl = |v: &str| {
+        crate::config::parse_go_duration_nanos(v)
+            .ok()
+            .map(|n| std::time::Duration::from_nanos(n.max(0) as u64))
+    };
+    match crate::auth::jwt::JwtOptions::parse(spec, ttl) {
+        None => Ok(None),
+        Some(options) => crate::auth::jwt::Jwt::load(&options)
+            .map(|j| Some(Arc::new(j)))
+            .map_err(|e| anyhow::anyhow!(e)),
+    }
 }

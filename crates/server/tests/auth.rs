@@ -642,16 +642,39 @@ async fn client_certificate_cn_is_the_user() {
     );
 }
 
+/// `--auth-token=jwt,...` with a fresh ES256 key pair written into `dir`.
+fn jwt_flag(dir: &std::path::Path) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (private, public) = (dir.join("jwt.pem"), dir.join("jwt.pub.pem"));
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=5m",
+        public.display(),
+        private.display()
+    )
+}
+
 // Goal: in a 3-member cluster, auth enabled through one member is in force on every
-// member, and a simple token minted through one member works on the others.
+// member, and a token minted through one member works on the others: a simple token
+// (every member applied its entry) and a JWT (every member holds the key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_share_auth_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    three_members(None).await;
+    three_members(Some(jwt_flag(dir.path()))).await;
+}
+
+async fn three_members(token_flag: Option<String>) {
     use retcd_testkit::cluster::{Cluster, ClusterSpec};
-    let spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))
+    let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))
         .size(3)
         .heartbeat_ms(50)
         .election_ms(500)
         .extra_arg("--bcrypt-cost=4");
+    if let Some(flag) = token_flag {
+        spec = spec.extra_arg(flag);
+    }
     let cluster = common::blocking(|| Cluster::start(spec)).unwrap();
     add_users_and_enable(&mut cluster.client(0).await.unwrap()).await;
     for i in 0..3 {
@@ -688,4 +711,90 @@ async fn three_members_share_auth_and_tokens() {
             Code::PermissionDenied
         );
     }
+}
+
+// Goal: with --auth-token jwt, logins return signed JWTs that work until the auth store
+// changes (then "revision of auth store is old", and a new login works), and a token
+// with alg none or a forged signature is refused.
+#[tokio::test]
+async fn jwt_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = jwt_flag(dir.path());
+    let server = with_auth(&dir.path().join("data"), &[&spec]).await;
+    let mut auth = AuthClient::connect(server.endpoint()).await.unwrap();
+    let token = token_of(&mut auth, "alice", ALICE_PW).await;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let mut kv = server.raw_kv().await;
+    let range = || RangeRequest {
+        key: b"/a/x".to_vec().into(),
+        ..Default::default()
+    };
+    kv.range(with_token(range(), &token)).await.unwrap();
+
+    // Any change to users or roles moves the auth revision: the old token is stale.
+    let mut root = login(&server, "root", ROOT_PW).await;
+    root.user_add("carol", "c4rol-pw", None).await.unwrap();
+    let e = kv.range(with_token(range(), &token)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old"
+        )
+    );
+    let fresh = token_of(&mut auth, "alice", ALICE_PW).await;
+    kv.range(with_token(range(), &fresh)).await.unwrap();
+
+    let claims = fresh.split('.').nth(1).unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let none = format!("{}.{claims}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+    let root_claims = b64(r#"{"username":"root","revision":99,"exp":99999999999}"#);
+    let forged = format!(
+        "{}.{root_claims}.{}",
+        fresh.split('.').next().unwrap(),
+        fresh.split('.').nth(2).unwrap()
+    );
+    for bad in [none, forged] {
+        let e = kv.range(with_token(range(), &bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{bad}");
+    }
+}
+
+// Goal: a client that logged in with automatic token refresh (etcd-client's
+// `with_auto_token_refresh`) goes on after its token ends (here: the member restarted,
+// and simple tokens live in memory only, as etcd's).
+#[tokio::test]
+async fn clients_refresh_tokens_that_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = with_auth(dir.path(), &[]).await;
+    let port = server.port;
+    let options = ConnectOptions::new()
+        .with_user("alice", ALICE_PW)
+        .with_auto_token_refresh(true);
+    let mut alice = Client::connect([server.endpoint()], Some(options))
+        .await
+        .unwrap();
+    alice.put("/a/x", "1", None).await.unwrap();
+    server.terminate();
+    drop(server);
+    let _server = Retcd::start_with(dir.path(), port, &["--bcrypt-cost", "4"], &[]);
+    // The first call after the restart may meet the connection the restart broke;
+    // only that is retried (an auth refusal would fail the test).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let kvs = loop {
+        match alice.get("/a/x", None).await {
+            Ok(kvs) => break kvs,
+            Err(etcd_client::Error::TransportError(_)) if Instant::now() < deadline => {}
+            Err(etcd_client::Error::GRpcStatus(s))
+                if (s.code() == Code::Unavailable
+                    || (s.code() == Code::Unknown && s.message() == "transport error"))
+                    && Instant::now() < deadline => {}
+            Err(e) => panic!("the read after the restart: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(kvs.kvs()[0].value(), b"1");
 }

@@ -291,14 +291,18 @@ impl<T: WriteTx> AuthApply<'_, T> {
         if self.checked_revision != self.state.revision {
             return refuse(EtcdError::AuthOldRevision);
         }
-        if r.simple_token.len() != 64 || !r.simple_token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return refuse(EtcdError::InvalidAuthMgmt);
+        // No digest: the proposer issues a JWT, which no member keeps.
+        if !r.simple_token.is_empty() {
+            if r.simple_token.len() != 64 || !r.simple_token.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return refuse(EtcdError::InvalidAuthMgmt);
+            }
+            self.tokens.push(TokenChange::Assign {
+                digest: r.simple_token.clone(),
+                index: self.index,
+                user: r.name.clone(),
+            });
         }
-        self.tokens.push(TokenChange::Assign {
-            digest: r.simple_token.clone(),
-            index: self.index,
-            user: r.name.clone(),
-        });
         answer(AuthAnswer::Authenticated { index: self.index })
     }
 

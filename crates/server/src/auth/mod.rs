@@ -9,10 +9,12 @@
 //! | `tokens.rs` | simple tokens, member-local, assigned by Authenticate entries |
 //! | `password.rs` | bcrypt hashing and checking, off the reactor |
 //! | `throttle.rs` | failed logins slow down logins by user and by client address |
+//! | `jwt.rs` | JWT tokens (`--auth-token jwt,...`): signed claims, no state |
 //!
 //! Apply changes the state (`apply::auth`, which also holds the auth gate of the apply
 //! chain); the services check requests with [`Auth`] before they propose or read.
 
+pub mod jwt;
 pub mod keyset;
 pub mod password;
 pub mod state;
@@ -81,14 +83,17 @@ pub struct Auth {
     /// request without a token.
     client_cert_auth: bool,
     throttle: LoginThrottle,
+    /// `--auth-token jwt,...`: tokens are JWTs instead of simple tokens.
+    jwt: Option<Arc<jwt::Jwt>>,
 }
 
 /// How [`Auth`] is configured.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AuthConfig {
     pub bcrypt_cost: u32,
     pub wait: Duration,
     pub client_cert_auth: bool,
+    pub jwt: Option<Arc<jwt::Jwt>>,
 }
 
 impl Auth {
@@ -106,6 +111,7 @@ impl Auth {
             wait: config.wait,
             client_cert_auth: config.client_cert_auth,
             throttle: LoginThrottle::default(),
+            jwt: config.jwt,
         }
     }
 
@@ -120,6 +126,11 @@ impl Auth {
 
     pub fn throttle(&self) -> &LoginThrottle {
         &self.throttle
+    }
+
+    /// The JWT provider, when tokens are JWTs.
+    pub fn jwt(&self) -> Option<&jwt::Jwt> {
+        self.jwt.as_deref()
     }
 
     /// Who sends a request (etcd's `AuthInfoFromCtx`): the token's user; without a
@@ -145,6 +156,12 @@ impl Auth {
     }
 
     async fn info_from_token(&self, token: &str) -> Result<AuthInfo, RequestError> {
+        if let Some(jwt) = &self.jwt {
+            return jwt.verify(token, clock::unix_seconds()).ok_or_else(|| {
+                tracing::warn!("invalid JWT");
+                EtcdError::InvalidAuthToken.into()
+            });
+        }
         let Some((_, index)) = tokens::parse(token) else {
             return Err(EtcdError::InvalidAuthToken.into());
         };

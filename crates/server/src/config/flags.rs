@@ -579,7 +579,7 @@ pub static FLAGS: &[Flag] = &[
         .on(|d, v| d.c.experimental_peer_skip_client_san_verification = v.bool(), |c| show(&c.experimental_peer_skip_client_san_verification)),
     // Auth
     flag("auth-token", Str, "simple", Auth, "Token provider: simple, or jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...")
-        .refused_unless("JWT tokens", |v| matches!(v.string().as_str(), "" | "simple")),
+        .on(|d, v| d.c.auth_token = v.string(), |c| show(&c.auth_token)),
     flag("auth-token-ttl", Uint, "300", Auth, "Lifetime of a simple token after its last use, in seconds.")
         .on(|d, v| d.c.auth_token_ttl = v.uint(), |c| show(&c.auth_token_ttl)),
     flag("bcrypt-cost", Uint, "10", Auth, "bcrypt cost of user passwords (4 to 31).")

@@ -125,13 +125,20 @@ impl AuthService {
                 return Err(EtcdError::AuthFailed.into());
             }
             throttle.succeeded(&r.name, addr);
-            let random = tokens::random_part()
-                .map_err(|_| RequestError::Internal("no randomness for a token".into()))?;
+            let jwt = self.auth.jwt();
+            let random = match jwt {
+                Some(_) => String::new(),
+                None => tokens::random_part()
+                    .map_err(|_| RequestError::Internal("no randomness for a token".into()))?,
+            };
             let req = InternalRaftRequest {
                 authenticate: Some(InternalAuthenticateRequest {
                     name: r.name.clone(),
                     password: String::new(),
-                    simple_token: tokens::digest(&random),
+                    simple_token: match jwt {
+                        Some(_) => String::new(),
+                        None => tokens::digest(&random),
+                    },
                 }),
                 header: auth::header(Some(&auth::state::AuthInfo {
                     user: r.name.clone(),
@@ -149,9 +156,19 @@ impl AuthService {
                 ));
             };
             tracing::debug!(user = %r.name, "authenticated a user");
+            let token = match jwt {
+                None => format!("{random}.{index}"),
+                Some(jwt) => {
+                    match jwt.assign(&r.name, state.revision, crate::clock::unix_seconds()) {
+                        Some(Ok(t)) => t,
+                        Some(Err(e)) => return Err(RequestError::Internal(e)),
+                        None => return Err(EtcdError::JwtVerifyOnly.into()),
+                    }
+                }
+            };
             return Ok(AuthenticateResponse {
                 header: self.header(),
-                token: format!("{random}.{index}"),
+                token,
             });
         }
         Err(EtcdError::AuthOldRevision.into())

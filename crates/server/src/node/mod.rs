@@ -169,6 +169,8 @@ pub struct NodeConfig {
     /// `--client-cert-auth`: a verified client certificate's CN authenticates a request
     /// without a token.
     pub client_cert_auth: bool,
+    /// `--auth-token jwt,...`, its keys loaded.
+    pub jwt: Option<Arc<crate::auth::jwt::Jwt>>,
 }
 
 /// How a member with an empty data directory starts.
@@ -379,6 +381,7 @@ pub fn open(
             bcrypt_cost: cfg.bcrypt_cost,
             wait: cfg.request_timeout,
             client_cert_auth: cfg.client_cert_auth,
+            jwt: cfg.jwt.clone(),
         },
     ));
     let raft_loop = RaftLoop::new(event_loop::LoopParts {

@@ -119,6 +119,7 @@ fn node_config(dir: &std::path::Path, id: u64, ids: &[u64]) -> NodeConfig {
         auth_token_ttl: Duration::from_secs(300),
         bcrypt_cost: 4,
         client_cert_auth: false,
+        jwt: None,
     }
 }
 
