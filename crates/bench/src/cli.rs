@@ -119,6 +119,11 @@ pub struct GlobalArgs {
     )]
     pub key_file: Option<PathBuf>,
 
+    /// Log in as NAME:PASSWORD first; every request then carries the token (a
+    /// server with auth on).
+    #[arg(long, global = true, value_name = "NAME:PASSWORD")]
+    pub user: Option<String>,
+
     /// Time allowed to establish each connection (e.g. 500ms, 5s, 1m).
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub dial_timeout: Duration,
@@ -153,6 +158,9 @@ pub enum Command {
     Lease(LeaseArgs),
     /// N leases kept alive over LeaseKeepAlive streams, one per client.
     LeaseKeepalive(LeaseKeepaliveArgs),
+    /// Authenticate with --user's credentials, one login per request (a server with
+    /// auth on; bcrypt makes each login cost the server milliseconds of CPU).
+    Authenticate,
 }
 
 impl Command {
@@ -165,6 +173,7 @@ impl Command {
             Command::Watch(_) => "watch",
             Command::Lease(_) => "lease",
             Command::LeaseKeepalive(_) => "lease-keepalive",
+            Command::Authenticate => "authenticate",
         }
     }
 }
@@ -271,7 +280,7 @@ impl Cli {
             return invalid("--key-space-size must be > 0".into());
         }
         match &self.command {
-            Command::Put | Command::Range(_) | Command::Lease(_) => {}
+            Command::Put | Command::Range(_) | Command::Lease(_) | Command::Authenticate => {}
             Command::TxnPut(a) => {
                 if a.txn_ops == 0 {
                     return invalid("--txn-ops must be > 0".into());

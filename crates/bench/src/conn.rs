@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::cli::GlobalArgs;
@@ -229,4 +231,60 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, BenchError::Connect { .. }), "{err}");
     }
+}
+
+/// A connection as the workloads use it: the channel, with the auth token of `--user`
+/// (if given) on every request.
+pub type Conn = InterceptedService<Channel, AuthToken>;
+
+/// The token every request carries (etcd's `token` metadata), if any.
+#[derive(Clone, Debug, Default)]
+pub struct AuthToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for AuthToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// `--user name:password` split (etcd's benchmark takes the same form).
+pub fn credentials(user: &str) -> Result<(String, String), BenchError> {
+    match user.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok((name.to_owned(), password.to_owned())),
+        _ => Err(BenchError::InvalidArgument(
+            "--user must be NAME:PASSWORD".into(),
+        )),
+    }
+}
+
+/// Logs in as `user` (`name:password`) over `channel`: the token for every request.
+pub async fn login(
+    channel: &Channel,
+    user: &str,
+    timeout: Duration,
+) -> Result<AuthToken, BenchError> {
+    let (name, password) = credentials(user)?;
+    let mut auth = retcd_api::etcdserverpb::auth_client::AuthClient::new(channel.clone());
+    let request = retcd_api::etcdserverpb::AuthenticateRequest { name, password };
+    let token = tokio::time::timeout(timeout, auth.authenticate(request))
+        .await
+        .map_err(|_| BenchError::setup_timeout("Authenticate"))?
+        .map_err(|s| BenchError::setup("Authenticate", &s))?
+        .into_inner()
+        .token;
+    let value = token
+        .parse()
+        .map_err(|_| BenchError::InvalidArgument("the server's token is not ASCII".into()))?;
+    Ok(AuthToken(Some(value)))
+}
+
+/// The channels as [`Conn`]s carrying `token`.
+pub fn with_token(channels: Vec<Channel>, token: &AuthToken) -> Vec<Conn> {
+    channels
+        .into_iter()
+        .map(|c| InterceptedService::new(c, token.clone()))
+        .collect()
 }

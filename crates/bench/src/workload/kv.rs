@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
+use crate::conn::Conn;
 use bytes::Bytes;
 use retcd_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use retcd_api::etcdserverpb::kv_client::KvClient;
 use retcd_api::etcdserverpb::request_op::Request;
 use retcd_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use super::Ctx;
 use crate::cli::{Consistency, RangeArgs, TxnPutArgs};
@@ -17,13 +17,13 @@ use crate::keys::{KeyGen, prefix_range_end};
 use crate::runner::{Op, run_with_warmup};
 use crate::stats::{Report, Series};
 
-pub(crate) fn kv_client(channel: Channel) -> KvClient<Channel> {
+pub(crate) fn kv_client(channel: Conn) -> KvClient<Conn> {
     KvClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES)
 }
 
 /// Put request i writes key i of the key generator.
 pub struct PutOp {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: Arc<KeyGen>,
     value: Bytes,
 }
@@ -56,7 +56,7 @@ pub async fn put(ctx: &Ctx) -> Report {
 
 /// The same Range on every request.
 pub struct RangeOp {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     request: RangeRequest,
 }
 
@@ -113,7 +113,7 @@ pub async fn range(ctx: &Ctx, args: &RangeArgs) -> Report {
 /// but the server must read the key to know), put `txn_ops` consecutive
 /// keys.
 pub struct TxnPutOp {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: Arc<KeyGen>,
     value: Bytes,
     txn_ops: usize,

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::conn::Conn;
 use bytes::Bytes;
 use retcd_api::etcdserverpb::kv_client::KvClient;
 use retcd_api::etcdserverpb::lease_client::LeaseClient;
@@ -16,7 +17,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 
 use super::Ctx;
 use super::kv::kv_client;
@@ -46,8 +46,8 @@ async fn timed<T>(
 
 /// One grant → put → revoke cycle per request, each step timed on its own.
 pub struct LeaseCycleOp {
-    lease: LeaseClient<Channel>,
-    kv: KvClient<Channel>,
+    lease: LeaseClient<Conn>,
+    kv: KvClient<Conn>,
     keys: Arc<KeyGen>,
     value: Bytes,
     ttl_secs: i64,
@@ -128,7 +128,7 @@ struct KeepAliveStream {
 /// One keepalive round trip per request, over this client's own stream,
 /// round-robin over this client's leases.
 pub struct KeepAliveOp {
-    lease: LeaseClient<Channel>,
+    lease: LeaseClient<Conn>,
     ids: Vec<i64>,
     stream: Option<KeepAliveStream>,
 }

@@ -1,9 +1,11 @@
 //! The workloads, one module per etcd service they drive: [`kv`] (put,
-//! range, txn-put), [`watch`] and [`lease`] (lease, lease-keepalive).
+//! range, txn-put), [`watch`], [`lease`] (lease, lease-keepalive) and [`auth`]
+//! (authenticate).
 //!
 //! Each workload connects, sets up what it needs unmeasured (leases to keep
 //! alive, watchers), runs the measured phase and returns a [`Report`].
 
+pub mod auth;
 pub mod kv;
 pub mod lease;
 pub mod watch;
@@ -11,8 +13,8 @@ pub mod watch_wire;
 
 use std::sync::Arc;
 
+use crate::conn::Conn;
 use bytes::Bytes;
-use tonic::transport::Channel;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::conn;
@@ -25,14 +27,14 @@ pub struct Ctx {
     pub global: GlobalArgs,
     pub command: &'static str,
     /// `--conns` connections.
-    pub channels: Vec<Channel>,
+    pub channels: Vec<Conn>,
     pub keys: Arc<KeyGen>,
     pub value: Bytes,
 }
 
 impl Ctx {
     /// The connection client `client` uses.
-    pub fn channel(&self, client: usize) -> Channel {
+    pub fn channel(&self, client: usize) -> Conn {
         self.channels[client % self.channels.len()].clone()
     }
 
@@ -72,13 +74,20 @@ pub async fn run(cli: &Cli) -> Result<Report, BenchError> {
     let ctx = Ctx {
         global: g.clone(),
         command: cli.command.name(),
-        channels: conn::connect(
-            &g.endpoints,
-            g.conns,
-            g.dial_timeout,
-            conn::Tls::from_args(g)?.as_ref(),
-        )
-        .await?,
+        channels: {
+            let channels = conn::connect(
+                &g.endpoints,
+                g.conns,
+                g.dial_timeout,
+                conn::Tls::from_args(g)?.as_ref(),
+            )
+            .await?;
+            let token = match &g.user {
+                Some(user) => conn::login(&channels[0], user, g.request_timeout).await?,
+                None => conn::AuthToken::default(),
+            };
+            conn::with_token(channels, &token)
+        },
         keys: Arc::new(keys),
         value: keys::value(g.val_size, g.seed),
     };
@@ -89,5 +98,6 @@ pub async fn run(cli: &Cli) -> Result<Report, BenchError> {
         Command::Watch(args) => watch::watch(&ctx, args).await,
         Command::Lease(args) => Ok(lease::lease(&ctx, args).await),
         Command::LeaseKeepalive(args) => lease::keepalive(&ctx, args).await,
+        Command::Authenticate => auth::run(&ctx).await,
     }
 }

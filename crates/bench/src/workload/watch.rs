@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::conn::Conn;
 use bytes::Bytes;
 use retcd_api::etcdserverpb::kv_client::KvClient;
 use retcd_api::etcdserverpb::watch_request::RequestUnion;
@@ -29,7 +30,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 
 use super::Ctx;
 use super::kv::kv_client;
@@ -79,7 +79,7 @@ pub fn split_evenly(items: usize, parts: usize) -> Vec<usize> {
 }
 
 struct WatchPutOp {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     keys: Arc<KeyGen>,
     value: Bytes,
     times: Arc<SendTimes>,
@@ -110,7 +110,7 @@ struct OpenStream {
 }
 
 async fn open_stream(
-    channel: Channel,
+    channel: Conn,
     prefix: &[u8],
     watchers: usize,
     timeout: Duration,
