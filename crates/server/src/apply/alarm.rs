@@ -197,6 +197,20 @@ fn txn_has_put(t: &TxnRequest) -> bool {
 mod tests {
     use super::*;
     use crate::auth::state::AuthState;
+
+    /// What `gate` says of `r` under `alarms`, with auth off and no leases.
+    fn admit(gate: &dyn Gate, alarms: &Alarms, r: Request<'_>) -> Result<(), EtcdError> {
+        let (auth, lessor) = (AuthState::default(), retcd_lease::Lessor::new());
+        gate.admit(
+            &r,
+            &GateState {
+                alarms,
+                auth: &auth,
+                info: None,
+                lessor: &lessor,
+            },
+        )
+    }
     use retcd_backend::{Backend, MemBackend};
 
     fn req(action: AlarmAction, member_id: u64, alarm: AlarmType) -> AlarmRequest {
@@ -306,18 +320,7 @@ mod tests {
         let grant = LeaseGrantRequest::default();
         let renew = LeaseRenewRequest::default();
         let disarm = req(AlarmAction::Deactivate, 0, AlarmType::Corrupt);
-        let (auth, lessor) = (AuthState::default(), retcd_lease::Lessor::new());
-        let admit = |alarms: &Alarms, r: Request<'_>| {
-            CorruptGate.admit(
-                &r,
-                &GateState {
-                    alarms,
-                    auth: &auth,
-                    info: None,
-                    lessor: &lessor,
-                },
-            )
-        };
+        let admit = |alarms: &Alarms, r: Request<'_>| admit(&CorruptGate, alarms, r);
         assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
         let mut tx = backend.begin_write().unwrap();
         alarms
@@ -366,18 +369,7 @@ mod tests {
         let grant = LeaseGrantRequest::default();
         let revoke = LeaseRevokeRequest::default();
         let del = DeleteRangeRequest::default();
-        let (auth, lessor) = (AuthState::default(), retcd_lease::Lessor::new());
-        let admit = |alarms: &Alarms, r: Request<'_>| {
-            CappedGate.admit(
-                &r,
-                &GateState {
-                    alarms,
-                    auth: &auth,
-                    info: None,
-                    lessor: &lessor,
-                },
-            )
-        };
+        let admit = |alarms: &Alarms, r: Request<'_>| admit(&CappedGate, alarms, r);
         assert_eq!(admit(&alarms, Request::Put(&put)), Ok(()));
         let mut tx = backend.begin_write().unwrap();
         alarms

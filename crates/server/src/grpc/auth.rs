@@ -197,6 +197,28 @@ macro_rules! raft_done {
     }};
 }
 
+/// An auth request through Raft whose answer is a list of names, in field `$names` of
+/// the response.
+macro_rules! raft_names {
+    ($self:ident, $req:ident, $field:ident, $resp:ident, $names:ident) => {{
+        let creds = Credentials::of(&$req);
+        let r = $req.into_inner();
+        let $names = $self
+            .names(
+                &creds,
+                InternalRaftRequest {
+                    $field: Some(r),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new($resp {
+            header: $self.header(),
+            $names,
+        }))
+    }};
+}
+
 #[tonic::async_trait]
 impl AuthRpc for AuthService {
     async fn auth_enable(
@@ -280,42 +302,14 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let creds = Credentials::of(&req);
-        let r = req.into_inner();
-        let roles = self
-            .names(
-                &creds,
-                InternalRaftRequest {
-                    auth_user_get: Some(r),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(AuthUserGetResponse {
-            header: self.header(),
-            roles,
-        }))
+        raft_names!(self, req, auth_user_get, AuthUserGetResponse, roles)
     }
 
     async fn user_list(
         &self,
         req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        let creds = Credentials::of(&req);
-        let r = req.into_inner();
-        let users = self
-            .names(
-                &creds,
-                InternalRaftRequest {
-                    auth_user_list: Some(r),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(AuthUserListResponse {
-            header: self.header(),
-            users,
-        }))
+        raft_names!(self, req, auth_user_list, AuthUserListResponse, users)
     }
 
     async fn user_delete(
@@ -395,21 +389,7 @@ impl AuthRpc for AuthService {
         &self,
         req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        let creds = Credentials::of(&req);
-        let r = req.into_inner();
-        let roles = self
-            .names(
-                &creds,
-                InternalRaftRequest {
-                    auth_role_list: Some(r),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(AuthRoleListResponse {
-            header: self.header(),
-            roles,
-        }))
+        raft_names!(self, req, auth_role_list, AuthRoleListResponse, roles)
     }
 
     async fn role_delete(
