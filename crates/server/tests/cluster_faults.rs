@@ -22,7 +22,11 @@
 //! `RETCD_FAULT_SEED=<seed> RETCD_FAULT_RUNS=1`. Histories of failed runs are written
 //! next to the test binary. `fault_runs_with_peer_mtls` repeats the runs
 //! (`RETCD_FAULT_TLS_RUNS`, default 3) with `https://` peer URLs and mutual TLS between
-//! members (issue 14).
+//! members (issue 14). `fault_runs_with_auth` (`RETCD_FAULT_AUTH_RUNS`, default 3) repeats
+//! them with auth on (issue 15): the workload logs in as a user whose role may read and
+//! write the workload's keys alone, the watchers of the whole key space and the harness
+//! as root, so every request passes the permission checks, and tokens go stale as
+//! members die and restart (the clients log in again).
 
 mod common;
 
@@ -68,10 +72,20 @@ const FAULTS: [Fault; 6] = [
     Fault::MemberAddRemove,
 ];
 
+/// What a series of runs adds to the plain cluster.
+#[derive(Clone, Debug)]
+enum Mode {
+    Plain,
+    /// Mutual TLS on every peer link, with these flags.
+    PeerTls(Vec<String>),
+    /// Auth on, simple tokens.
+    Auth,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_runs_stay_linearizable() {
     let runs = env_u64("RETCD_FAULT_RUNS").unwrap_or(24);
-    fault_runs(runs, None).await;
+    fault_runs(runs, Mode::Plain).await;
 }
 
 // Goal: issue 14, acceptance 2. The same fault runs with mutual TLS on every peer link
@@ -93,33 +107,44 @@ async fn fault_runs_with_peer_mtls() {
         ca.cert().to_string(),
         "--peer-client-cert-auth".to_string(),
     ];
-    fault_runs(runs, Some(tls)).await;
+    fault_runs(runs, Mode::PeerTls(tls)).await;
 }
 
-async fn fault_runs(runs: u64, peer_tls: Option<Vec<String>>) {
+// Goal: issue 15, acceptance 5. The same fault runs with auth on: every request carries a
+// token and passes the permission checks, the workload's user may touch its keys alone,
+// and tokens lost with a killed member are replaced by logging in again.
+// `RETCD_FAULT_AUTH_RUNS` (default 3) runs; seeds as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_runs_with_auth() {
+    let runs = env_u64("RETCD_FAULT_AUTH_RUNS").unwrap_or(3);
+    fault_runs(runs, Mode::Auth).await;
+}
+
+async fn fault_runs(runs: u64, mode: Mode) {
     let first = env_u64("RETCD_FAULT_SEED").unwrap_or_else(|| {
         let random = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock after 1970")
             .as_nanos() as u64
             % 1_000_000_000;
-        // The peer-mTLS runs start at a leader kill (then a follower kill and restart,
-        // a leader pause, ...): TLS reconnection after a kill is what they are for.
-        match peer_tls {
-            Some(_) => random - random % FAULTS.len() as u64,
-            None => random,
+        // The peer-mTLS and auth runs start at a leader kill (then a follower kill and
+        // restart, a leader pause, ...): TLS reconnection and tokens lost with a member
+        // after a kill are what they are for.
+        match mode {
+            Mode::Plain => random,
+            Mode::PeerTls(_) | Mode::Auth => random - random % FAULTS.len() as u64,
         }
     });
-    let test = if peer_tls.is_some() {
-        "fault_runs_with_peer_mtls"
-    } else {
-        "fault_runs_stay_linearizable"
+    let test = match mode {
+        Mode::Plain => "fault_runs_stay_linearizable",
+        Mode::PeerTls(_) => "fault_runs_with_peer_mtls",
+        Mode::Auth => "fault_runs_with_auth",
     };
     eprintln!("{test}: {runs} runs from seed {first}");
     for seed in first..first + runs {
         let fault = FAULTS[(seed % FAULTS.len() as u64) as usize];
         let started = Instant::now();
-        match run(seed, fault, peer_tls.as_deref()).await {
+        match run(seed, fault, &mode).await {
             Ok(report) => {
                 eprintln!(
                     "seed {seed} {fault:?}: ok in {:.1} s ({report})",
@@ -127,7 +152,7 @@ async fn fault_runs(runs: u64, peer_tls: Option<Vec<String>>) {
                 );
             }
             Err(e) => panic!(
-                "seed {seed} {fault:?} failed: {e:#}\nreplay: RETCD_FAULT_SEED={seed} RETCD_FAULT_RUNS=1 RETCD_FAULT_TLS_RUNS=1 cargo test -p retcd-server --release --test cluster_faults {test}"
+                "seed {seed} {fault:?} failed: {e:#}\nreplay: RETCD_FAULT_SEED={seed} RETCD_FAULT_RUNS=1 RETCD_FAULT_TLS_RUNS=1 RETCD_FAULT_AUTH_RUNS=1 cargo test -p retcd-server --release --test cluster_faults {test}"
             ),
         }
     }
@@ -139,7 +164,59 @@ fn history_path(seed: u64) -> std::path::PathBuf {
     exe.with_file_name(format!("cluster-faults-{seed}.history"))
 }
 
-async fn run(seed: u64, fault: Fault, peer_tls: Option<&[String]>) -> anyhow::Result<String> {
+/// The workload's user: read and write on the workload's keys (`k0`..) and the probe key.
+const APP: (&str, &str) = ("app", "app-pw");
+const ROOT: (&str, &str) = ("root", "root-pw");
+
+/// Who a client of a run logs in as: nobody without auth.
+#[derive(Clone, Copy, Debug)]
+struct Logins {
+    auth: bool,
+}
+
+impl Logins {
+    fn login(self, who: (&str, &str)) -> Option<(String, String)> {
+        self.auth.then(|| (who.0.to_string(), who.1.to_string()))
+    }
+
+    fn options(
+        self,
+        who: (&str, &str),
+        options: etcd_client::ConnectOptions,
+    ) -> etcd_client::ConnectOptions {
+        match self.login(who) {
+            Some((user, password)) => options.with_user(user, password),
+            None => options,
+        }
+    }
+}
+
+/// Turns auth on: root, and `app` with its keys; then the harness's clients log in as root.
+async fn enable_auth(cluster: &mut Cluster) -> anyhow::Result<()> {
+    use etcd_client::Permission;
+    let mut c = cluster.client(0).await?;
+    c.user_add(ROOT.0, ROOT.1, None).await?;
+    c.user_grant_role(ROOT.0, "root").await?;
+    c.user_add(APP.0, APP.1, None).await?;
+    c.role_add(APP.0).await?;
+    c.role_grant_permission(APP.0, Permission::read_write("k").with_prefix())
+        .await?;
+    c.role_grant_permission(APP.0, Permission::read_write("probe"))
+        .await?;
+    c.user_grant_role(APP.0, APP.0).await?;
+    c.auth_enable().await?;
+    cluster.log_in_as(ROOT.0, ROOT.1);
+    Ok(())
+}
+
+async fn run(seed: u64, fault: Fault, mode: &Mode) -> anyhow::Result<String> {
+    let peer_tls = match mode {
+        Mode::PeerTls(flags) => Some(flags.as_slice()),
+        Mode::Plain | Mode::Auth => None,
+    };
+    let logins = Logins {
+        auth: matches!(mode, Mode::Auth),
+    };
     let mut rng = SplitMix64::new(seed);
     let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_retcd"))
         .size(MEMBERS)
@@ -155,8 +232,15 @@ async fn run(seed: u64, fault: Fault, peer_tls: Option<&[String]>) -> anyhow::Re
     for arg in peer_tls.unwrap_or_default() {
         spec = spec.extra_arg(arg);
     }
+    if logins.auth {
+        // bcrypt's lowest cost: the runs are about tokens and checks, not hashing.
+        spec = spec.extra_arg("--bcrypt-cost=4");
+    }
     let mut cluster = blocking(|| Cluster::start(spec)).context("start the cluster")?;
-    match drive(seed, fault, &mut rng, &mut cluster).await {
+    if logins.auth {
+        enable_auth(&mut cluster).await.context("turn auth on")?;
+    }
+    match drive(seed, fault, &mut rng, &mut cluster, logins).await {
         Ok(report) => Ok(report),
         Err(e) => Err(e.context(format!("member logs:\n{}", cluster.log_tails()))),
     }
@@ -167,11 +251,12 @@ async fn drive(
     fault: Fault,
     rng: &mut SplitMix64,
     cluster: &mut Cluster,
+    logins: Logins,
 ) -> anyhow::Result<String> {
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let finish = Finish::new();
-    let watchers = start_watchers(cluster, rng, &finish);
+    let watchers = start_watchers(cluster, rng, &finish, logins);
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
         let url = cluster.client_url(c % MEMBERS);
@@ -179,7 +264,7 @@ async fn drive(
         let stop = stop.clone();
         let client_seed = rng.next_u64();
         clients.push(tokio::spawn(async move {
-            client_loop(c, url, recorder, stop, client_seed).await
+            client_loop(c, url, recorder, stop, client_seed, logins).await
         }));
     }
     tokio::time::sleep(Duration::from_millis(500 + rng.below(500))).await;
@@ -249,7 +334,7 @@ async fn drive(
     let healed = Instant::now();
 
     // Recovery: a write through any member within the limit.
-    let recovery = wait_for_write(cluster, &recorder, healed).await?;
+    let recovery = wait_for_write(cluster, &recorder, healed, logins).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Release);
     for c in clients {
@@ -284,7 +369,7 @@ async fn drive(
     for w in watchers {
         recorded.push(w.await.context("a watcher panicked")?);
     }
-    let truth = full_history(cluster, members[0], final_rev).await?;
+    let truth = full_history(cluster, members[0], final_rev, logins).await?;
 
     let history = recorder.history();
     let budget = Budget {
@@ -334,11 +419,15 @@ async fn client_loop(
     recorder: Recorder,
     stop: Arc<AtomicBool>,
     seed: u64,
+    logins: Logins,
 ) -> anyhow::Result<()> {
     let mut rng = SplitMix64::new(seed);
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(3));
+    let options = logins.options(
+        APP,
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(3)),
+    );
     let mut kv = loop {
         match etcd_client::Client::connect([url.as_str()], Some(options.clone())).await {
             Ok(client) => break client.kv_client(),
@@ -424,10 +513,14 @@ async fn wait_for_write(
     cluster: &Cluster,
     recorder: &Recorder,
     healed: Instant,
+    logins: Logins,
 ) -> anyhow::Result<Duration> {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_millis(500))
-        .with_timeout(Duration::from_millis(1_000));
+    let options = logins.options(
+        APP,
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_millis(1_000)),
+    );
     let mut last = String::new();
     for attempt in 0.. {
         let elapsed = healed.elapsed();
@@ -461,6 +554,7 @@ fn start_watchers(
     cluster: &Cluster,
     rng: &mut SplitMix64,
     finish: &Finish,
+    logins: Logins,
 ) -> Vec<tokio::task::JoinHandle<watch_checker::Watcher>> {
     let mut specs = Vec::new();
     for m in 0..MEMBERS {
@@ -475,6 +569,7 @@ fn start_watchers(
                 filter_put: false,
                 filter_delete: false,
                 progress_notify: true,
+                user: logins.login(ROOT),
             },
         ));
     }
@@ -490,6 +585,7 @@ fn start_watchers(
             filter_put: false,
             filter_delete: true,
             progress_notify: false,
+            user: logins.login(APP),
         },
     ));
     specs
@@ -514,6 +610,7 @@ async fn full_history(
     cluster: &Cluster,
     m: usize,
     last: i64,
+    logins: Logins,
 ) -> anyhow::Result<Vec<watch_checker::Event>> {
     let finish = Finish::new();
     finish.at(last);
@@ -526,6 +623,7 @@ async fn full_history(
         filter_put: false,
         filter_delete: false,
         progress_notify: false,
+        user: logins.login(ROOT),
     };
     let w =
         watch_recorder::record(spec, cluster.client_url(m), finish, Duration::from_secs(20)).await;

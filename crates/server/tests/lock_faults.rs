@@ -108,6 +108,7 @@ async fn lock_holders_never_overlap_under_faults() {
         filter_put: false,
         filter_delete: false,
         progress_notify: false,
+        user: None,
     };
     let recorded =
         watch_recorder::record(spec, cluster.client_url(0), finish, Duration::from_secs(20)).await;

@@ -230,6 +230,8 @@ impl Member {
 pub struct Cluster {
     spec: ClusterSpec,
     members: Vec<Member>,
+    /// The user and password [`Cluster::client`] logs in with, once auth is on.
+    credentials: Option<(String, String)>,
     /// Last, so it is removed after the members are gone.
     root: tempfile::TempDir,
 }
@@ -294,6 +296,7 @@ impl Cluster {
         let cluster = Cluster {
             spec,
             members,
+            credentials: None,
             root,
         };
         for i in 0..cluster.members.len() {
@@ -679,11 +682,21 @@ impl Cluster {
         out
     }
 
-    /// A client for member `i` alone, with bounded connect and request times.
+    /// From now on [`Cluster::client`] (and so [`Cluster::leader`]) logs in as `user`:
+    /// for a test that turned auth on.
+    pub fn log_in_as(&mut self, user: &str, password: &str) {
+        self.credentials = Some((user.to_string(), password.to_string()));
+    }
+
+    /// A client for member `i` alone, with bounded connect and request times, logged in
+    /// when [`Cluster::log_in_as`] said so.
     pub async fn client(&self, i: usize) -> anyhow::Result<etcd_client::Client> {
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
+        if let Some((user, password)) = &self.credentials {
+            options = options.with_user(user, password);
+        }
         etcd_client::Client::connect([self.client_url(i)], Some(options))
             .await
             .with_context(|| format!("connect to member {i}"))

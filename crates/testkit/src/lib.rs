@@ -6,6 +6,8 @@
 //! - [`cluster`]: process launcher and member control (SIGKILL, SIGSTOP/SIGCONT, restart).
 //! - [`etcd_bin`]: finds etcd's own binaries for the differential tests; skips without
 //!   them, fails under `CI=true`.
+//! - [`python`]: finds a Python with python-etcd3 for the client tests; skips without
+//!   it, fails under `CI=true`.
 //! - [`pki`]: certificates for TLS tests (CAs, leaves good and bad, CRLs), made in Rust.
 //! - [`proxy`]: TCP proxy with blackhole, delay and loss, per source member.
 //! - [`history`]: operations with call and return times, as a recording client logs them.
@@ -20,5 +22,6 @@ pub mod history;
 pub mod linearizability;
 pub mod pki;
 pub mod proxy;
+pub mod python;
 pub mod watch_checker;
 pub mod watch_recorder;

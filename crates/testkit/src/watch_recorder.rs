@@ -32,6 +32,8 @@ pub struct WatchSpec {
     pub filter_put: bool,
     pub filter_delete: bool,
     pub progress_notify: bool,
+    /// The user and password to log in with (auth on), or none.
+    pub user: Option<(String, String)>,
 }
 
 /// When to stop: once `finish` is set and the watcher has seen `target` (set `target`
@@ -195,9 +197,12 @@ async fn run_session(
     session: &mut Session,
     seen_max: &mut i64,
 ) -> bool {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_keep_alive(Duration::from_millis(500), Duration::from_millis(1500));
+    if let Some((user, password)) = &spec.user {
+        options = options.with_user(user, password);
+    }
     let Ok(mut client) = Client::connect([url], Some(options)).await else {
         return false;
     };

@@ -7,7 +7,7 @@
 //! | `state.rs` | [`state::AuthState`]: the store as applied, and etcd's permission checks |
 //! | `keyset.rs` | merged key ranges: what a user may read and write |
 //! | `tokens.rs` | simple tokens, member-local, assigned by Authenticate entries |
-//! | `password.rs` | bcrypt hashing and checking, off the reactor |
+//! | `password.rs` | bcrypt hashing and checking, on low-priority threads of its own |
 //! | `throttle.rs` | failed logins slow down logins by user and by client address |
 //! | `jwt.rs` | JWT tokens (`--auth-token jwt,...`): signed claims, no state |
 //!

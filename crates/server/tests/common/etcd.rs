@@ -110,11 +110,17 @@ pub fn twins(etcd_binary: &Path, dir: &Path) -> (Etcd, Retcd) {
 pub fn twins_with(etcd_binary: &Path, dir: &Path, scheme: &str, extra: &[String]) -> (Etcd, Retcd) {
     let peer_url = format!("http://127.0.0.1:{}", free_port());
     let etcd = Etcd::start_with(etcd_binary, dir, "diff", &peer_url, scheme, extra);
+    (etcd, twin_retcd(dir, &peer_url, scheme, extra))
+}
+
+/// The retcd half of [`twins_with`]: a single member named `diff` whose peer URL is
+/// `peer_url`, with its data under `dir` (for tests that also run without etcd).
+pub fn twin_retcd(dir: &Path, peer_url: &str, scheme: &str, extra: &[String]) -> Retcd {
     let mut flags: Vec<String> = [
         "--name",
         "diff",
         "--initial-advertise-peer-urls",
-        &peer_url,
+        peer_url,
         "--initial-cluster",
         &format!("diff={peer_url}"),
     ]
@@ -124,12 +130,12 @@ pub fn twins_with(etcd_binary: &Path, dir: &Path, scheme: &str, extra: &[String]
     let data = dir.join("retcd-data");
     if scheme == "http" {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        return (etcd, Retcd::start(&data, &flags));
+        return Retcd::start(&data, &flags);
     }
     let mut attempt = 1;
     loop {
         if let Some(retcd) = start_retcd(&data, scheme, &flags) {
-            return (etcd, retcd);
+            return retcd;
         }
         assert!(
             attempt < START_ATTEMPTS,
