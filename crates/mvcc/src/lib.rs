@@ -55,7 +55,7 @@ mod write;
 
 pub use error::MvccError;
 pub use event::{Event, EventKind};
-pub use key_value::KeyValue;
+pub use key_value::{KeyValue, record_from_etcd, record_to_etcd};
 pub use retcd_backend::ConsistentIndex;
 pub use revision::{REVISION_BYTES, Revision, RevisionKey, TOMBSTONE_REVISION_BYTES};
 pub use store::{KvHash, KvStore, RangeOptions, RangeResult, ReadView};

@@ -78,6 +78,7 @@ mod clock;
 pub mod config;
 mod corrupt;
 mod errors;
+mod etcd_db;
 mod grpc;
 mod http;
 pub mod ids;

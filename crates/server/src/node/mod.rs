@@ -72,6 +72,7 @@ mod handle;
 mod network;
 mod reads;
 mod recover;
+pub(crate) use recover::JOIN_PEERS_KEY;
 mod snapshot;
 mod status;
 

@@ -135,7 +135,7 @@ fn decode_wal_metadata(m: &[u8]) -> Result<(MemberId, ClusterId), NodeError> {
 
 /// Meta key of the peers a member joining an existing cluster learned at its start,
 /// which it can reach before its log tells it the membership.
-const JOIN_PEERS_KEY: &[u8] = b"retcd_join_peers";
+pub(crate) const JOIN_PEERS_KEY: &[u8] = b"retcd_join_peers";
 
 /// The first entries of a new cluster's log, the same on every member: one
 /// configuration change adding each initial member (sorted by id), at term 1, committed.
