@@ -24,6 +24,12 @@ const TABLE: [u32; 256] = {
 /// A running CRC-32C.
 pub struct Crc32c(u32);
 
+impl Default for Crc32c {
+    fn default() -> Self {
+        Crc32c::new()
+    }
+}
+
 impl Crc32c {
     pub fn new() -> Crc32c {
         Crc32c(!0)

@@ -42,7 +42,7 @@
 //!
 //! The `key` bucket layout and the `meta` keys are described in `docs/storage-format.md`.
 
-mod crc32c;
+pub mod crc32c;
 mod error;
 mod event;
 pub mod key_index;

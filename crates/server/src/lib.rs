@@ -29,6 +29,9 @@
 //! - `grpc`: one file per service; `peer`: the member-to-member protocol.
 //! - `corrupt`: the initial corruption check, HashKV compared with the peers before
 //!   serving (`--experimental-initial-corrupt-check`).
+//! - `etcd_db`: the store as etcd's backend file (bbolt), streamed by
+//!   `Maintenance.Snapshot`; [`restore`]: a snapshot file (etcd's or ours) into a new
+//!   data dir, as `etcdctl snapshot restore` (offline, for `retcdctl`).
 //! - `http`: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: a small Prometheus registry with etcd's metric names, gRPC server
 //!   and peer network families included.
@@ -90,6 +93,7 @@ mod peer;
 mod pings;
 mod published;
 mod quota;
+pub mod restore;
 mod server;
 mod serving;
 mod tls;

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::grpc::{self, ServiceLimits};
 use crate::http::{self, Endpoints, HttpState};
 use crate::ids;
@@ -44,23 +44,29 @@ pub struct Server {
     graceful: Arc<GracefulShutdown>,
 }
 
+/// The members of `--initial-cluster`, with the ids etcd derives from their peer URLs
+/// and the cluster token.
+pub(crate) fn initial_members(config: &Config) -> Result<Vec<Member>, ConfigError> {
+    Ok(config
+        .initial_cluster_members()?
+        .iter()
+        .map(|(name, urls)| Member {
+            id: ids::member_id(urls, &config.initial_cluster_token),
+            name: name.clone(),
+            peer_urls: urls.clone(),
+            // Every member bootstraps the same records; client URLs arrive through
+            // Raft when each member publishes them.
+            client_urls: Vec::new(),
+            is_learner: false,
+        })
+        .collect())
+}
+
 impl Server {
     /// Recovers or creates the data directory, starts the raft loop and binds every client
     /// URL. Returns once the listeners accept connections.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
-        let initial = config.initial_cluster_members()?;
-        let members: Vec<Member> = initial
-            .iter()
-            .map(|(name, urls)| Member {
-                id: ids::member_id(urls, &config.initial_cluster_token),
-                name: name.clone(),
-                peer_urls: urls.clone(),
-                // Every member bootstraps the same records; client URLs arrive through
-                // Raft when each member publishes them.
-                client_urls: Vec::new(),
-                is_learner: false,
-            })
-            .collect();
+        let members = initial_members(config)?;
         let member_ids: Vec<ids::MemberId> = members.iter().map(|m| m.id).collect();
         let mut member_id = ids::member_id(
             &config.initial_advertise_peer_urls,

@@ -215,7 +215,7 @@ impl Config {
     }
 
     /// etcd's `VerifyBootstrap` / `VerifyJoinExisting`, on the configuration alone.
-    fn check_initial_cluster(&self) -> Result<(), String> {
+    pub(crate) fn check_initial_cluster(&self) -> Result<(), String> {
         let members = self.initial_cluster_members().map_err(|e| e.to_string())?;
         if members.is_empty() {
             return Err("initial cluster unset and no discovery URL found".into());

@@ -72,7 +72,7 @@ mod handle;
 mod network;
 mod reads;
 mod recover;
-pub(crate) use recover::JOIN_PEERS_KEY;
+pub(crate) use recover::{JOIN_PEERS_KEY, create_bootstrap_wal};
 mod snapshot;
 mod status;
 

@@ -162,6 +162,30 @@ fn bootstrap_entries(members: &[Member]) -> Vec<retcd_raft::Entry> {
         .collect()
 }
 
+/// Creates the WAL of a new cluster's member, as its first start does: the member and
+/// cluster ids as metadata, the bootstrap entries, committed. For a data dir made
+/// offline (a snapshot restore); the member's start then recovers from it.
+pub(crate) fn create_bootstrap_wal(
+    layout: &DataLayout,
+    member_id: MemberId,
+    cluster_id: ClusterId,
+    members: &[Member],
+) -> Result<(), NodeError> {
+    let mut wal = Wal::create_with(
+        &layout.wal_dir,
+        &encode_wal_metadata(member_id, cluster_id),
+        WalOptions::default(),
+    )?;
+    let entries = bootstrap_entries(members);
+    let hs = retcd_raft::HardState {
+        term: 1,
+        vote: 0,
+        commit: entries.len() as u64,
+    };
+    wal.save(&hs, &entries)?;
+    Ok(())
+}
+
 /// Where a received snapshot image waits until it is installed.
 pub fn snapshot_image_path(snap_dir: &Path, index: u64) -> PathBuf {
     snap_dir.join(format!("{index:016x}.snap.db"))
