@@ -1,3 +1,6 @@
+//! Corruption checks: the periodic one ([`periodic`], `--experimental-corrupt-check-time`,
+//! on the leader while the cluster runs, raising CORRUPT), and the initial one below.
+//!
 //! The initial corruption check (`--experimental-initial-corrupt-check`, etcd 3.6's
 //! `--feature-gates=InitialCorruptCheck=true`): before a restarted member serves, it
 //! hashes its key history (HashKV at its current revision) and asks every peer for the
@@ -27,9 +30,13 @@
 //! no answer within the timeout), compares with those that serve, and starts. A member whose data directory was empty at start is not checked (etcd skips
 //! a member that was not initialized): it has no history of its own to compare.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use retcd_api::errors::EtcdError;
+use retcd_api::etcdserverpb::{
+    AlarmRequest, AlarmType, InternalRaftRequest, alarm_request::AlarmAction,
+};
 use retcd_api::peerpb::peer_client::PeerClient;
 use retcd_api::peerpb::{HashKvRequest, HashKvResponse};
 use retcd_mvcc::KvHash;
@@ -38,7 +45,7 @@ use tonic::Code;
 use crate::errors::RequestError;
 use crate::ids::{ClusterId, MemberId};
 use crate::membership::Member;
-use crate::node::Node;
+use crate::node::{Node, NodeHandle, NodeStatus, Store};
 use crate::peer::dial::Dialer;
 use crate::peer::transport::add_headers;
 
@@ -153,6 +160,145 @@ async fn check(node: &Node, dialer: &Dialer) -> Result<(), CorruptError> {
         "initial corruption checking passed; no corruption"
     );
     Ok(())
+}
+
+/// The periodic check (`--experimental-corrupt-check-time`), etcd 3.4.23's
+/// `monitorKVHash`: every `interval` the leader hashes its key history, asks every peer
+/// for the hash of the same revisions, hashes again after a linearizable read, and
+/// raises CORRUPT (member id 0, as 3.4.23 does) through Raft on the first mismatch of a
+/// run. Raised, the alarm closes the key space on every member (`apply/alarm.rs`) until
+/// it is disarmed. Followers only wait.
+pub async fn periodic(
+    handle: Arc<NodeHandle>,
+    status: Arc<NodeStatus>,
+    store: Store,
+    dialer: Dialer,
+    interval: Duration,
+) {
+    tracing::info!(interval = ?interval, "periodic corruption check on");
+    loop {
+        tokio::time::sleep(interval).await;
+        if !status.is_leader() {
+            continue;
+        }
+        let Some(why) = periodic_run(&handle, &status, &store, &dialer).await else {
+            continue;
+        };
+        tracing::error!(local_member_id = %status.member_id(), reason = %why, "found data inconsistency; raising the CORRUPT alarm");
+        let raise = InternalRaftRequest {
+            alarm: Some(AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: 0,
+                alarm: AlarmType::Corrupt as i32,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = handle.propose(raise).await {
+            tracing::error!(error = %e, "could not raise the CORRUPT alarm; trying again next check");
+        }
+    }
+}
+
+/// One run of the periodic check: why the data is inconsistent, or nothing (errors
+/// fetching hashes are logged and skipped, as etcd does).
+async fn periodic_run(
+    handle: &NodeHandle,
+    status: &NodeStatus,
+    store: &Store,
+    dialer: &Dialer,
+) -> Option<String> {
+    let member = status.member_id();
+    let before = match store.hash_kv(0).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "periodic corruption check: cannot hash this member");
+            return None;
+        }
+    };
+    let peers: Vec<Member> = status
+        .membership()
+        .members
+        .into_values()
+        .filter(|m| m.id != member && !m.peer_urls.is_empty())
+        .collect();
+    let ask = Ask {
+        dialer,
+        local: member,
+        cluster: status.cluster_id(),
+        revision: before.hash_revision,
+        timeout: handle.request_timeout(),
+    };
+    let answers =
+        futures_util::future::join_all(peers.iter().map(|p| async move { (p, ask.peer(p).await) }))
+            .await;
+    if let Err(e) = handle.read_index().await {
+        tracing::warn!(error = %e, "periodic corruption check: no linearizable read");
+        return None;
+    }
+    let after = match store.hash_kv(0).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "periodic corruption check: cannot hash this member");
+            return None;
+        }
+    };
+    let mut replies = Vec::new();
+    for (peer, answer) in &answers {
+        match answer {
+            PeerAnswer::Hash(r) => replies.push(*r),
+            other => log_verdict(member, &before, peer, other, Verdict::Skip),
+        }
+    }
+    let verdict = periodic_verdict(&before, &after, &replies);
+    if verdict.is_none() {
+        tracing::info!(
+            local_member_id = %member,
+            revision = before.hash_revision,
+            peers_compared = replies.len(),
+            peers = answers.len(),
+            "{PERIODIC_PASSED}"
+        );
+    }
+    verdict
+}
+
+/// What the leader logs after a periodic check found nothing.
+pub const PERIODIC_PASSED: &str = "periodic corruption check passed; no corruption";
+
+/// etcd 3.4.23's `checkHashKV` rules, in its order: the leader's own hash changed with
+/// its revision and compaction unchanged; a peer ahead of the leader's revision or
+/// compaction; a peer at the leader's compaction with another hash of the same revision.
+fn periodic_verdict(before: &KvHash, after: &KvHash, peers: &[HashKvResponse]) -> Option<String> {
+    if after.hash != before.hash
+        && after.revision == before.revision
+        && after.compact_revision == before.compact_revision
+    {
+        return Some(format!(
+            "this member's hash of revision {} changed from {} to {}",
+            before.hash_revision, before.hash, after.hash
+        ));
+    }
+    for p in peers {
+        if p.revision > after.revision {
+            return Some(format!(
+                "member {:x} is at revision {}, ahead of the leader's {}",
+                p.member_id, p.revision, after.revision
+            ));
+        }
+        if p.compact_revision > after.compact_revision {
+            return Some(format!(
+                "member {:x} compacted at {}, ahead of the leader's {}",
+                p.member_id, p.compact_revision, after.compact_revision
+            ));
+        }
+        if p.compact_revision == before.compact_revision && p.hash != before.hash {
+            return Some(format!(
+                "member {:x} hashes revision {} to {}, the leader to {}",
+                p.member_id, before.hash_revision, p.hash, before.hash
+            ));
+        }
+    }
+    None
 }
 
 /// What one peer answered, or why it did not.
@@ -371,6 +517,49 @@ mod tests {
     // Goal: the errors a peer's HashKv sends for a compacted or future revision (built
     // the way the peer service builds them) are recognized; another cluster too; and
     // anything else is a peer that did not answer.
+    #[test]
+    fn periodic_rules_are_etcds() {
+        let before = local();
+        let peer = |hash: u32, revision: i64, compact_revision: i64| HashKvResponse {
+            member_id: 9,
+            hash,
+            revision,
+            hash_revision: before.hash_revision,
+            compact_revision,
+        };
+        assert_eq!(periodic_verdict(&before, &before, &[peer(7, 10, 4)]), None);
+        // Another compaction: not comparable.
+        assert_eq!(periodic_verdict(&before, &before, &[peer(8, 10, 3)]), None);
+        assert!(
+            periodic_verdict(&before, &before, &[peer(8, 10, 4)])
+                .unwrap()
+                .contains("hashes revision")
+        );
+        assert!(
+            periodic_verdict(&before, &before, &[peer(7, 11, 4)])
+                .unwrap()
+                .contains("ahead of the leader's 10")
+        );
+        assert!(
+            periodic_verdict(&before, &before, &[peer(7, 10, 5)])
+                .unwrap()
+                .contains("compacted at 5")
+        );
+        let changed = KvHash { hash: 8, ..before };
+        assert!(
+            periodic_verdict(&before, &changed, &[])
+                .unwrap()
+                .contains("changed from 7 to 8")
+        );
+        // Moved on (a write between the two hashes): not a mismatch.
+        let moved = KvHash {
+            hash: 8,
+            revision: 11,
+            ..before
+        };
+        assert_eq!(periodic_verdict(&before, &moved, &[]), None);
+    }
+
     #[test]
     fn peer_errors_are_told_apart() {
         let status = |e: MvccError| tonic::Status::from(RequestError::from(e));

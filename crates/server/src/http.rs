@@ -197,8 +197,8 @@ async fn health(s: &HttpState, uri: &Uri) -> Response {
 async fn probe(s: &HttpState, uri: &Uri, name: &str, ready: bool) -> Response {
     let mut checks: Vec<(&str, bool)> = Vec::new();
     if ready {
-        // A CORRUPT alarm raised anywhere in the cluster (by hand today: retcd has no
-        // corruption checker yet), as etcd's check reads it.
+        // A CORRUPT alarm raised anywhere in the cluster (by the periodic check,
+        // `corrupt::periodic`, or by hand), as etcd's check reads it.
         checks.push(("data_corruption", !s.node.status.alarms().corrupt()));
     }
     checks.push(("serializable_read", read_check(s, false).await.is_ok()));

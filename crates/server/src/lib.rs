@@ -27,8 +27,11 @@
 //!   index and its waiters).
 //! - `membership`: members and their rules; `quota`: the backend quota before proposing.
 //! - `grpc`: one file per service; `peer`: the member-to-member protocol.
-//! - `corrupt`: the initial corruption check, HashKV compared with the peers before
-//!   serving (`--experimental-initial-corrupt-check`).
+//! - `compactor`: auto-compaction (`--auto-compaction-*`), etcd's periodic and revision
+//!   compactors, leader only.
+//! - `corrupt`: HashKV compared with the peers: before serving
+//!   (`--experimental-initial-corrupt-check`), and periodically on the leader
+//!   (`--experimental-corrupt-check-time`, raising CORRUPT).
 //! - `etcd_db`: the store as etcd's backend file (bbolt), streamed by
 //!   `Maintenance.Snapshot`; [`restore`]: a snapshot file (etcd's or ours) into a new
 //!   data dir, as `etcdctl snapshot restore` (offline, for `retcdctl`).
@@ -78,6 +81,7 @@ mod apply;
 mod auth;
 mod authority;
 mod clock;
+mod compactor;
 pub mod config;
 mod corrupt;
 mod errors;

@@ -16,18 +16,21 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
+use crate::errors::RequestError;
 use crate::grpc::{self, ServiceLimits};
 use crate::http::{self, Endpoints, HttpState};
 use crate::ids;
 use crate::listen::{self, Http2Settings};
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
-use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig};
+use crate::node::{self, Bootstrap, DataLayout, Node, NodeConfig, NodeHandle};
 use crate::peer::activity::PeerActivity;
 use crate::peer::dial::Dialer;
 use crate::peer::service::PeerService;
 use crate::peer::transport::Transport;
 use crate::serving::{self, Role};
+use retcd_api::errors::EtcdError;
+use retcd_api::etcdserverpb::{CompactionRequest, InternalRaftRequest};
 use retcd_api::peerpb::MembersRequest;
 use retcd_api::peerpb::peer_client::PeerClient;
 use retcd_api::peerpb::peer_server::PeerServer;
@@ -42,6 +45,9 @@ pub struct Server {
     stop_accepting: watch::Sender<bool>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     graceful: Arc<GracefulShutdown>,
+    /// The auto-compaction loop and the periodic corruption check, when the flags ask
+    /// for them; stopped first at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The members of `--initial-cluster`, with the ids etcd derives from their peer URLs
@@ -111,6 +117,7 @@ impl Server {
             bcrypt_cost: config.bcrypt_cost,
             client_cert_auth: config.client_tls.client_cert_auth,
             jwt: load_jwt(&config.auth_token)?,
+            force_new_cluster: config.force_new_cluster,
         };
         let metrics = Arc::new(Metrics::new(config.metrics_extensive));
         // Opening the backend and replaying the WAL block: off the reactor.
@@ -236,6 +243,28 @@ impl Server {
             config.name.clone(),
             config.advertise_client_urls.clone(),
         ));
+        let corrupt_check = (!config.corrupt_check_time.is_zero()).then(|| {
+            tokio::spawn(crate::corrupt::periodic(
+                node.handle.clone(),
+                node.status.clone(),
+                node.store.clone(),
+                dialer.clone(),
+                config.corrupt_check_time,
+            ))
+        });
+        let compactor = config.auto_compaction().map(|policy| {
+            let (kv, status, handle) = (
+                node.store.kv.clone(),
+                node.status.clone(),
+                node.handle.clone(),
+            );
+            tokio::spawn(crate::compactor::run(
+                policy,
+                move || kv.current_revision(),
+                move || status.is_leader(),
+                move |revision| auto_compact(handle.clone(), revision),
+            ))
+        });
         tracing::info!(
             name = %config.name,
             member_id = %node.status.member_id(),
@@ -248,6 +277,7 @@ impl Server {
             stop_accepting,
             accept_tasks,
             graceful,
+            background: compactor.into_iter().chain(corrupt_check).collect(),
         })
     }
 
@@ -269,6 +299,9 @@ impl Server {
             () = self.node.status.stopped() => true,
         };
         self.stop_accepting.send_replace(true);
+        for task in &self.background {
+            task.abort();
+        }
         for task in self.accept_tasks {
             let _ = task.await;
         }
@@ -290,6 +323,29 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// One auto compaction through Raft, as a client's Compact would go (no user: auth
+/// checks the service's callers, not the server's own compactions, as etcd's). Done
+/// when applied, or when the revision was compacted already.
+async fn auto_compact(handle: Arc<NodeHandle>, revision: i64) -> bool {
+    let out = handle
+        .propose(InternalRaftRequest {
+            compaction: Some(CompactionRequest {
+                revision,
+                physical: false,
+            }),
+            ..Default::default()
+        })
+        .await;
+    match out {
+        Ok(_) => true,
+        Err(RequestError::Etcd(EtcdError::Compacted)) => true,
+        Err(e) => {
+            tracing::warn!(revision, error = %e, "auto compaction not applied");
+            false
+        }
     }
 }
 

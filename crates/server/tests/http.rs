@@ -252,23 +252,33 @@ fn unsupported_flags_fail_clearly() {
         cmd
     };
     let out = retcd()
-        .args(["--auto-compaction-retention", "1"])
+        .args(["--discovery-srv", "example.com"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("does not support --auto-compaction-retention (automatic compaction) yet: given on the command line"),
+        err.contains(
+            "does not support --discovery-srv (DNS SRV bootstrap) yet: given on the command line"
+        ),
         "{err}"
     );
     let out = retcd()
-        .env("ETCD_AUTO_COMPACTION_RETENTION", "1h")
+        .env("ETCD_DISCOVERY_SRV", "example.com")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("given as ETCD_DISCOVERY_SRV"), "{err}");
+    // A malformed auto-compaction retention is refused with etcd's message.
+    let out = retcd()
+        .args(["--auto-compaction-retention", "abc"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("given as ETCD_AUTO_COMPACTION_RETENTION"),
+        err.contains("error parsing CompactionRetention: time: invalid duration \"abc\""),
         "{err}"
     );
     let out = retcd().arg("--no-such-flag").output().unwrap();

@@ -393,13 +393,6 @@ fn u32_of(d: &mut Draft, flag: &str, n: u64) -> u32 {
     })
 }
 
-/// An auto-compaction retention that compacts nothing: an integer 0 or a zero duration.
-fn no_retention(v: &Value) -> bool {
-    let s = v.string();
-    s.parse::<u64>().map(|n| n == 0).unwrap_or(false)
-        || super::value::parse_go_duration_nanos(&s) == Ok(0)
-}
-
 fn nanos_at_most(v: &Value, limit: i64) -> bool {
     v.nanos() <= limit
 }
@@ -496,7 +489,7 @@ pub static FLAGS: &[Flag] = &[
     flag("pre-vote", Bool, "true", Clustering, "Run Raft's pre-vote before an election.")
         .on(|d, v| d.c.pre_vote = v.bool(), |c| show(&c.pre_vote)),
     flag("auto-compaction-retention", Str, "0", Clustering, "Auto compaction retention (0 disables): hours or a duration (periodic), or revisions.")
-        .refused_unless("automatic compaction", no_retention),
+        .on(|d, v| d.c.auto_compaction_retention = v.string(), |c| show(&c.auto_compaction_retention)),
     flag("auto-compaction-mode", Str, "periodic", Clustering, "How to read the auto compaction retention: periodic or revision.")
         .on(|d, v| d.c.auto_compaction_mode = v.string(), |c| show(&c.auto_compaction_mode)),
     flag("enable-v2", Bool, "false", Clustering, "Serve the v2 API.")
@@ -626,7 +619,7 @@ pub static FLAGS: &[Flag] = &[
     flag("experimental-initial-corrupt-check", Bool, "false", Experimental, "Check this member's data against its peers' before serving.")
         .on(|d, v| d.c.initial_corrupt_check = v.bool(), |c| show(&c.initial_corrupt_check)),
     flag("experimental-corrupt-check-time", Dur, "0s", Experimental, "Interval of the periodic cross-member corruption check (0 disables).")
-        .refused("periodic corruption checks"),
+        .on(|d, v| d.c.corrupt_check_time = d.duration("experimental-corrupt-check-time", v), |c| show(&c.corrupt_check_time)),
     flag("experimental-compact-hash-check-enabled", Bool, "false", Experimental, "Leader checks followers' hashes at compaction revisions.")
         .refused("compaction hash checks"),
     flag("experimental-compact-hash-check-time", Dur, "1m0s", Experimental, "Interval of the compaction hash check.")
@@ -672,7 +665,7 @@ pub static FLAGS: &[Flag] = &[
         .refused("distributed tracing"),
     // Unsafe
     flag("force-new-cluster", Bool, "false", Unsafe, "Force to create a new one-member cluster.")
-        .refused("forcing a new cluster"),
+        .on(|d, v| d.c.force_new_cluster = v.bool(), |c| show(&c.force_new_cluster)),
     flag("unsafe-no-fsync", Bool, "false", Unsafe, "Disable fsync (unsafe: loses data on a crash).")
         .refused("running without fsync"),
     // etcd 3.6 flags that current kubeadm passes

@@ -27,6 +27,7 @@
 //! value does), `parse.rs` (argv, environment, precedence, `--help`), `yaml.rs` (the
 //! config file), `validate.rs` (etcd's checks on the result).
 
+pub mod compaction;
 mod flags;
 mod parse;
 mod validate;
@@ -39,6 +40,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use compaction::Policy;
 pub use flags::{Disposition, FLAGS, Flag};
 pub use parse::{Command, Parsed, help, load, parse};
 pub use value::{parse_go_duration, parse_go_duration_nanos};
@@ -151,9 +153,11 @@ pub struct Config {
     /// Pre-vote before an election (`--pre-vote`; etcd 3.5's default, true).
     pub pre_vote: bool,
     /// `--auto-compaction-mode`: `periodic`, `revision`, or `""` (a config file's
-    /// default). Inert while `--auto-compaction-retention` is 0, as in etcd; retcd
-    /// refuses any other retention until it compacts by itself.
+    /// default). Inert while `--auto-compaction-retention` is 0, as in etcd.
     pub auto_compaction_mode: String,
+    /// `--auto-compaction-retention`, as given: hours or a duration (periodic), or a
+    /// number of revisions; 0 is off ([`Config::auto_compaction`] reads it).
+    pub auto_compaction_retention: String,
     /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`,
     /// `--client-crl-file`, `--auto-tls`, `--client-cert-allowed-hostname`,
     /// `--client-cert-file`, `--client-key-file`.
@@ -194,6 +198,12 @@ pub struct Config {
     /// (`--experimental-initial-corrupt-check`, etcd 3.6's
     /// `--feature-gates=InitialCorruptCheck=true`).
     pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares its HashKV
+    /// with every member's (`crate::corrupt::periodic`); zero is off.
+    pub corrupt_check_time: Duration,
+    /// `--force-new-cluster`: a member that has a WAL restarts as a one-member cluster,
+    /// keeping what it applied (disaster recovery after losing the quorum).
+    pub force_new_cluster: bool,
     /// Period of the progress notifications sent to watchers that asked for them
     /// (`--experimental-watch-progress-notify-interval`, etcd 3.6's
     /// `--watch-progress-notify-interval`); a value that is not positive means 10m.
@@ -235,6 +245,7 @@ impl Default for Config {
             strict_reconfig_check: true,
             pre_vote: true,
             auto_compaction_mode: "periodic".into(),
+            auto_compaction_retention: "0".into(),
             client_tls: TlsSettings::default(),
             peer_tls: TlsSettings::default(),
             self_signed_cert_validity_years: 1,
@@ -253,6 +264,8 @@ impl Default for Config {
             log_outputs: urls("default"),
             metrics_extensive: false,
             initial_corrupt_check: false,
+            corrupt_check_time: Duration::ZERO,
+            force_new_cluster: false,
             watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
@@ -374,6 +387,14 @@ impl Config {
             *urls = value::parse_urls(&urls.join(",")).map_err(ConfigError::Invalid)?;
         }
         Ok(members)
+    }
+
+    /// The auto-compaction policy the flags ask for, or none (off). Valid after
+    /// [`Config::validate`], which refuses what this cannot read.
+    pub fn auto_compaction(&self) -> Option<Policy> {
+        compaction::policy(&self.auto_compaction_mode, &self.auto_compaction_retention)
+            .ok()
+            .flatten()
     }
 
     /// Raft ticks per election timeout (etcd: election-timeout / heartbeat-interval).

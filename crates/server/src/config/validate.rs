@@ -117,6 +117,7 @@ impl Config {
                 self.auto_compaction_mode
             ));
         }
+        super::compaction::policy(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.max_request_bytes > i32::MAX as u64 {
             return Err(format!(
                 "--max-request-bytes {} is out of range",

@@ -172,6 +172,9 @@ pub struct NodeConfig {
     pub client_cert_auth: bool,
     /// `--auth-token jwt,...`, its keys loaded.
     pub jwt: Option<Arc<crate::auth::jwt::Jwt>>,
+    /// `--force-new-cluster`: restart as the only member of the cluster (a member with
+    /// no WAL ignores it, as etcd's does).
+    pub force_new_cluster: bool,
 }
 
 /// How a member with an empty data directory starts.

@@ -186,6 +186,93 @@ pub(crate) fn create_bootstrap_wal(
     Ok(())
 }
 
+/// `--force-new-cluster`, as etcd's `restartAsStandaloneNode`: the log's uncommitted tail
+/// is dropped, and configuration changes are appended right after the commit index and
+/// committed at once: this member added if the configuration lacks it, then every other
+/// member removed, in ascending id order. Applied like any other entries, they leave
+/// this member the only voter, with everything it had applied. Returns the new hard
+/// state and the entries to append (`entries` is cut to the committed ones).
+fn force_new_cluster(
+    cfg: &NodeConfig,
+    member_id: MemberId,
+    conf_state: &ConfState,
+    hs: retcd_raft::HardState,
+    entries: &mut Vec<retcd_raft::Entry>,
+) -> Result<(retcd_raft::HardState, Vec<retcd_raft::Entry>), NodeError> {
+    entries.retain(|e| e.index <= hs.commit);
+    // The voters as of the commit index: the snapshot's, then the committed changes.
+    let mut ids: std::collections::BTreeSet<u64> = conf_state.voters.iter().copied().collect();
+    for e in entries.iter() {
+        let Some(cc) = crate::apply::DecodedConfChange::of(e) else {
+            continue;
+        };
+        for change in &cc.change.changes {
+            match change.change_type {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    ids.insert(change.node_id);
+                }
+                ConfChangeType::RemoveNode => {
+                    ids.remove(&change.node_id);
+                }
+                ConfChangeType::UpdateNode => {}
+            }
+        }
+    }
+    let mut changes = Vec::new();
+    if !ids.contains(&member_id.0) {
+        let me = match &cfg.bootstrap {
+            Bootstrap::New { members } => members.iter().find(|m| m.id == member_id).cloned(),
+            Bootstrap::Existing { .. } => None,
+        }
+        .ok_or_else(|| {
+            NodeError::Invalid(format!(
+                "--force-new-cluster: member {member_id} is not in its own configuration and its flags do not name it"
+            ))
+        })?;
+        changes.push((
+            ConfChangeType::AddNode,
+            member_id.0,
+            Bytes::from(me.encode()),
+        ));
+    }
+    for id in ids.iter().filter(|&&id| id != member_id.0) {
+        changes.push((ConfChangeType::RemoveNode, *id, Bytes::new()));
+    }
+    let forced: Vec<retcd_raft::Entry> = changes
+        .into_iter()
+        .zip(hs.commit + 1..)
+        .map(
+            |((change_type, node_id, context), index)| retcd_raft::Entry {
+                term: hs.term,
+                index,
+                entry_type: EntryType::ConfChange,
+                data: ConfChange {
+                    id: 0,
+                    change_type,
+                    node_id,
+                    context,
+                }
+                .encode(),
+            },
+        )
+        .collect();
+    let commit = forced.last().map_or(hs.commit, |e| e.index);
+    tracing::warn!(
+        member_id = %member_id,
+        removed = ?ids.iter().filter(|&&id| id != member_id.0).map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        commit,
+        "--force-new-cluster: starting as a one-member cluster"
+    );
+    Ok((
+        retcd_raft::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit,
+        },
+        forced,
+    ))
+}
+
 /// Where a received snapshot image waits until it is installed.
 pub fn snapshot_image_path(snap_dir: &Path, index: u64) -> PathBuf {
     snap_dir.join(format!("{index:016x}.snap.db"))
@@ -246,9 +333,17 @@ pub(super) fn recover_or_bootstrap(
         if let Some(s) = snapshot {
             storage.apply_snapshot(s)?;
         }
-        storage.set_hard_state(recovered.hard_state);
-        storage.append(&recovered.entries)?;
-        let hs = recovered.hard_state;
+        let mut hs = recovered.hard_state;
+        let mut entries = recovered.entries;
+        let mut wal = wal;
+        if cfg.force_new_cluster {
+            let forced = force_new_cluster(cfg, member_id, &conf_state, hs, &mut entries)?;
+            wal.save(&forced.0, &forced.1)?;
+            hs = forced.0;
+            entries.extend(forced.1);
+        }
+        storage.set_hard_state(hs);
+        storage.append(&entries)?;
         let mut ci = ci;
         if ci.index < snapshot_index {
             // The member stopped between saving a received snapshot and installing it.
@@ -289,7 +384,7 @@ pub(super) fn recover_or_bootstrap(
             commit = hs.commit,
             consistent_index = ci.index,
             snapshot_index,
-            entries = recovered.entries.len(),
+            entries = entries.len(),
             "restarting member from its data directory"
         );
         return Ok(Recovered {

@@ -120,6 +120,7 @@ fn node_config(dir: &std::path::Path, id: u64, ids: &[u64]) -> NodeConfig {
         bcrypt_cost: 4,
         client_cert_auth: false,
         jwt: None,
+        force_new_cluster: false,
     }
 }
 

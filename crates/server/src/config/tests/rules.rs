@@ -319,6 +319,21 @@ fn validation_is_etcds() {
         "unknown auto-compaction-mode \"Periodic\"",
     );
     invalid(
+        &["--auto-compaction-retention=-1"],
+        "error parsing CompactionRetention: time: missing unit in duration \"-1\"",
+    );
+    invalid(
+        &["--auto-compaction-retention=-2h"],
+        "--auto-compaction-retention \"-2h\" is negative",
+    );
+    invalid(
+        &[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1h",
+        ],
+        "revision mode takes a number of revisions",
+    );
+    invalid(
         &["--initial-cluster=a=http://x:1,b=http://y:2"],
         "couldn't find local name \"default\" in the initial cluster configuration",
     );

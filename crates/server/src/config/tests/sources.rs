@@ -75,8 +75,19 @@ fn variables_set_flags() {
     )
     .unwrap();
     assert_eq!(p.config.client_tls.cert_file, Some(PathBuf::from("/c.pem")));
-    let e = err(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1")]);
-    assert!(e.to_string().contains("--auto-compaction-retention (automatic compaction) yet: given as ETCD_AUTO_COMPACTION_RETENTION"), "{e}");
+    let e = err(&[], &[("ETCD_DISCOVERY_SRV", "example.com")]);
+    assert!(
+        e.to_string()
+            .contains("--discovery-srv (DNS SRV bootstrap) yet: given as ETCD_DISCOVERY_SRV"),
+        "{e}"
+    );
+    let p = run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1h")]).unwrap();
+    assert_eq!(
+        p.config.auto_compaction(),
+        Some(crate::config::Policy::Periodic(
+            std::time::Duration::from_secs(3600)
+        ))
+    );
     assert_eq!(
         run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "0")])
             .unwrap()
@@ -384,8 +395,7 @@ fn yaml_keys() {
 }
 
 // Goal: etcd's documented example file (research notes §6.5, run against etcd 3.4.23)
-// parses into what it asks for; its auto-compaction is refused by name until retcd
-// compacts by itself.
+// parses into what it asks for, its hourly auto-compaction included.
 #[test]
 fn etcds_example_file() {
     let text = "name: node1\ndata-dir: /var/lib/etcd\nwal-dir: ''\nsnapshot-count: 10000\nheartbeat-interval: 100\n\
@@ -405,8 +415,11 @@ fn etcds_example_file() {
         experimental-initial-corrupt-check: true\nexperimental-watch-progress-notify-interval: 5000000000\n\
         force-new-cluster: false\n";
     let dir = tempfile::tempdir().unwrap();
-    let e = from_file(&file(&dir, "a.yml", &text.replace("RETENTION", "1h"))).unwrap_err();
-    assert!(e.to_string().contains("--auto-compaction-retention (automatic compaction) yet: given as key \"auto-compaction-retention\""), "{e}");
+    let hourly = from_file(&file(&dir, "a.yml", &text.replace("RETENTION", "1h"))).unwrap();
+    assert_eq!(
+        hourly.config.auto_compaction(),
+        Some(crate::config::Policy::Periodic(Duration::from_secs(3600)))
+    );
     let p = from_file(&file(&dir, "b.yml", &text.replace("RETENTION", "0"))).unwrap();
     let c = p.config;
     assert_eq!(c.name, "node1");
