@@ -16,10 +16,15 @@
 //!
 //! `key`, `lease` and `meta` keep their key order under translation and stream; the
 //! small buckets whose keys change (alarms, members) are sorted in memory.
+//!
+//! The way back (`restore.rs`, etcd's file into retcd's buckets) uses the decoders here
+//! and `retcd_mvcc::record_from_etcd`.
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 
+use prost::Message as _;
+use retcd_api::etcdserverpb::AlarmMember;
 use retcd_backend::{Bucket, ReadTx};
 
 use crate::membership::Member;
@@ -47,49 +52,55 @@ pub const CHUNK: usize = 32 * 1024;
 /// Meta keys that are retcd's own and stay out of an etcd file.
 const RETCD_ONLY_META: &[&[u8]] = &[crate::node::JOIN_PEERS_KEY];
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// etcd's `leasepb.Lease`, the value of its `lease` bucket.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdLease {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
 }
 
 /// etcd's `alarm` key for retcd's: `AlarmMember{memberID, alarm}` in protobuf.
 pub fn alarm_key_to_etcd(key: &[u8]) -> io::Result<Vec<u8>> {
-    let (Some(member), Some(alarm)) = (key.get(..8), key.get(8..12)) else {
+    let (Ok(member), Ok(alarm)) = (
+        <[u8; 8]>::try_from(key.get(..8).unwrap_or_default()),
+        <[u8; 4]>::try_from(key.get(8..).unwrap_or_default()),
+    ) else {
         return Err(corrupt("an alarm key is not 12 bytes"));
     };
-    if key.len() != 12 {
-        return Err(corrupt("an alarm key is not 12 bytes"));
+    Ok(AlarmMember {
+        member_id: u64::from_be_bytes(member),
+        alarm: i32::from_be_bytes(alarm),
     }
-    let member = u64::from_be_bytes(member.try_into().expect("8 bytes"));
-    let alarm = i32::from_be_bytes(alarm.try_into().expect("4 bytes"));
-    let mut out = Vec::new();
-    if member != 0 {
-        out.push(0x08);
-        varint(&mut out, member);
-    }
-    if alarm != 0 {
-        out.push(0x10);
-        varint(&mut out, i64::from(alarm) as u64);
-    }
-    Ok(out)
+    .encode_to_vec())
+}
+
+/// retcd's (member id, alarm type) for one of etcd's `alarm` keys.
+pub fn alarm_from_etcd(key: &[u8]) -> Option<(u64, i32)> {
+    AlarmMember::decode(key)
+        .ok()
+        .map(|a| (a.member_id, a.alarm))
 }
 
 /// etcd's `lease` value for retcd's record: `leasepb.Lease{ID, TTL}` in protobuf.
 pub fn lease_to_etcd(key: &[u8], value: &[u8]) -> io::Result<Vec<u8>> {
     let r = retcd_lease::record::decode(key, value).map_err(|e| corrupt(&e.to_string()))?;
-    let mut out = Vec::with_capacity(22);
-    if r.id.0 != 0 {
-        out.push(0x08);
-        varint(&mut out, r.id.0 as u64);
+    Ok(EtcdLease {
+        id: r.id.0,
+        ttl: r.ttl,
+        remaining_ttl: 0,
     }
-    if r.ttl != 0 {
-        out.push(0x10);
-        varint(&mut out, r.ttl as u64);
-    }
-    Ok(out)
+    .encode_to_vec())
+}
+
+/// (ID, TTL) of one of etcd's `lease` pairs, whose key must be the id.
+pub fn lease_from_etcd(key: &[u8], value: &[u8]) -> Option<(i64, i64)> {
+    let id = i64::from_be_bytes(key.try_into().ok()?);
+    let lease = EtcdLease::decode(value).ok()?;
+    (lease.id == id).then_some((id, lease.ttl))
 }
 
 /// A string as Go's `encoding/json` writes it (`<`, `>` and `&` escaped too).
@@ -386,5 +397,27 @@ mod tests {
         let mut short = Chunker::new(10, |_, _| Ok(()));
         short.write_all(b"abc").unwrap();
         assert!(short.finish().is_err());
+    }
+
+    // Goal: the decoders read what the snapshot's encoders write.
+    #[test]
+    fn etcd_encodings_round_trip() {
+        let mut key = 7u64.to_be_bytes().to_vec();
+        key.extend(2i32.to_be_bytes());
+        let etcd = alarm_key_to_etcd(&key).unwrap();
+        assert_eq!(alarm_from_etcd(&etcd), Some((7, 2)));
+        assert_eq!(alarm_from_etcd(&[0x10, 2]), Some((0, 2)));
+        assert_eq!(alarm_from_etcd(&[0x0a, 1, 0]), None);
+        let r = retcd_lease::record::Record {
+            id: retcd_lease::LeaseId(-5),
+            ttl: 60,
+            wall_ms: 0,
+            renewed_index: 0,
+        };
+        let k = retcd_lease::record::key(r.id);
+        let v = lease_to_etcd(&k, &retcd_lease::record::encode(&r)).unwrap();
+        assert_eq!(lease_from_etcd(&k, &v), Some((-5, 60)));
+        assert_eq!(lease_from_etcd(&1i64.to_be_bytes(), &v), None);
+        assert_eq!(lease_from_etcd(b"short", &v), None);
     }
 }

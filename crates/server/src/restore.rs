@@ -325,8 +325,8 @@ impl<'b> Import<'b> {
                 self.put(Bucket::Key, key, &record)
             }
             b"lease" => {
-                let (id, ttl) =
-                    lease_from_etcd(key, value).ok_or_else(|| bad("a lease does not decode"))?;
+                let (id, ttl) = crate::etcd_db::lease_from_etcd(key, value)
+                    .ok_or_else(|| bad("a lease does not decode"))?;
                 let record = retcd_lease::record::Record {
                     id: retcd_lease::LeaseId(id),
                     ttl,
@@ -341,8 +341,8 @@ impl<'b> Import<'b> {
                 )
             }
             b"alarm" => {
-                let (member, alarm) =
-                    alarm_from_etcd(key).ok_or_else(|| bad("an alarm key does not decode"))?;
+                let (member, alarm) = crate::etcd_db::alarm_from_etcd(key)
+                    .ok_or_else(|| bad("an alarm key does not decode"))?;
                 let mut k = member.to_be_bytes().to_vec();
                 k.extend(alarm.to_be_bytes());
                 self.put(Bucket::Alarm, &k, &[])
@@ -362,86 +362,5 @@ impl<'b> Import<'b> {
             // is not kept by retcd.
             _ => Ok(()),
         }
-    }
-}
-
-/// Reads a protobuf varint.
-fn varint(b: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = b.split_first()?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// The varint fields of a protobuf message (other wire types refused).
-fn varint_fields(mut b: &[u8]) -> Option<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let tag = varint(&mut b)?;
-        if tag & 7 != 0 {
-            return None;
-        }
-        out.push((tag >> 3, varint(&mut b)?));
-    }
-    Some(out)
-}
-
-/// `leasepb.Lease` under its 8-byte id: (ID, TTL).
-fn lease_from_etcd(key: &[u8], value: &[u8]) -> Option<(i64, i64)> {
-    let id = i64::from_be_bytes(key.try_into().ok()?);
-    let (mut got_id, mut ttl) = (0i64, 0i64);
-    for (field, v) in varint_fields(value)? {
-        match field {
-            1 => got_id = v as i64,
-            2 => ttl = v as i64,
-            _ => {}
-        }
-    }
-    (got_id == id).then_some((id, ttl))
-}
-
-/// `AlarmMember` protobuf: (member id, alarm type).
-fn alarm_from_etcd(key: &[u8]) -> Option<(u64, i32)> {
-    let (mut member, mut alarm) = (0u64, 0i32);
-    for (field, v) in varint_fields(key)? {
-        match field {
-            1 => member = v,
-            2 => alarm = i32::try_from(v as i64).ok()?,
-            _ => {}
-        }
-    }
-    Some((member, alarm))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Goal: the decoders read what the snapshot's encoders write.
-    #[test]
-    fn etcd_encodings_decode() {
-        let mut key = 7u64.to_be_bytes().to_vec();
-        key.extend(2i32.to_be_bytes());
-        let etcd = crate::etcd_db::alarm_key_to_etcd(&key).unwrap();
-        assert_eq!(alarm_from_etcd(&etcd), Some((7, 2)));
-        assert_eq!(alarm_from_etcd(&[0x10, 2]), Some((0, 2)));
-        assert_eq!(alarm_from_etcd(&[0x0a, 1, 0]), None);
-        let r = retcd_lease::record::Record {
-            id: retcd_lease::LeaseId(-5),
-            ttl: 60,
-            wall_ms: 0,
-            renewed_index: 0,
-        };
-        let k = retcd_lease::record::key(r.id);
-        let v = crate::etcd_db::lease_to_etcd(&k, &retcd_lease::record::encode(&r)).unwrap();
-        assert_eq!(lease_from_etcd(&k, &v), Some((-5, 60)));
-        assert_eq!(lease_from_etcd(&1i64.to_be_bytes(), &v), None);
-        assert_eq!(lease_from_etcd(b"short", &v), None);
     }
 }

@@ -245,8 +245,8 @@ async fn a_member_with_altered_data_refuses_to_start_with_the_check() {
 // Goal: issue 16, acceptance 4. The periodic check: a follower whose backend was altered
 // while it was stopped is found by the leader within a few periods of its restart;
 // CORRUPT is raised (member 0, as etcd 3.4.23 raises it) and listed by every member,
-// writes are refused with etcd's "corrupt cluster", and /readyz fails its data_corruption
-// check. With the altered member stopped and the alarm disarmed, writes go on.
+// writes are refused with etcd's "corrupt cluster", Status lists it among the errors,
+// and /readyz fails its data_corruption check. With the altered member stopped and the alarm disarmed, writes go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_check_raises_corrupt() {
     use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
@@ -315,6 +315,13 @@ async fn the_periodic_check_raises_corrupt() {
         assert!(
             err.to_string().contains("etcdserver: corrupt cluster"),
             "{err}"
+        );
+        // `etcdctl endpoint status` shows it in the member's errors.
+        let status = c.status().await.unwrap();
+        assert!(
+            status.errors().iter().any(|e| e.contains("alarm:CORRUPT")),
+            "{:?}",
+            status.errors()
         );
         let port: u16 = cluster
             .client_url(i)

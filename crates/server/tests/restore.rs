@@ -18,7 +18,8 @@ use std::time::Duration;
 use common::Retcd;
 use common::etcd::Etcd;
 use common::etcdctl::Etcdctl;
-use etcd_client::{GetOptions, PutOptions, WatchOptions};
+use common::store::{all_keys, lease_ids};
+use etcd_client::{PutOptions, WatchOptions};
 use retcd_server::restore::{RestoreOptions, restore};
 
 /// Writes a history: versions, deletions, leases with keys, a compaction. Returns the
@@ -48,43 +49,6 @@ async fn fill(c: &mut etcd_client::Client) -> i64 {
         .header()
         .unwrap()
         .revision()
-}
-
-type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
-
-async fn all_keys(c: &mut etcd_client::Client) -> Vec<Kv> {
-    // 100,000 keys are more than tonic's default 4 MiB message.
-    c.kv_client()
-        .max_decoding_message_size(64 << 20)
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .unwrap()
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key().to_vec(),
-                kv.value().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-                kv.lease(),
-            )
-        })
-        .collect()
-}
-
-async fn lease_ids(c: &mut etcd_client::Client) -> Vec<i64> {
-    let mut ids: Vec<i64> = c
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
-    ids.sort();
-    ids
 }
 
 /// The snapshot of `c` as `etcdctl snapshot save` writes it: the stream's blobs, the

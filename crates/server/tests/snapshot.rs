@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::Retcd;
 use common::etcd::Etcd;
 use common::etcdctl::Etcdctl;
+use common::store::{all_keys, lease_ids};
 use etcd_client::{GetOptions, PutOptions};
 
 /// Writes a history with every kind of record: versions, deletions, a re-created key,
@@ -57,26 +58,6 @@ async fn fill(c: &mut etcd_client::Client) -> i64 {
         .header()
         .unwrap()
         .revision()
-}
-
-/// Every key at the current revision with its fields.
-async fn all_keys(c: &mut etcd_client::Client) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)> {
-    c.get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .unwrap()
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key().to_vec(),
-                kv.value().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-                kv.lease(),
-            )
-        })
-        .collect()
 }
 
 /// The snapshot stream of `c`: every message's (blob, remaining_bytes).
@@ -205,14 +186,7 @@ async fn etcd_restores_a_retcd_snapshot() {
     let rev = fill(&mut c).await;
     let want_keys = all_keys(&mut c).await;
     let want_hash = c.hash_kv(rev).await.unwrap();
-    let want_leases: Vec<i64> = c
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
+    let want_leases = lease_ids(&mut c).await;
     let want_members = c.member_list().await.unwrap();
 
     let file = dir.path().join("snap.db");
@@ -291,18 +265,7 @@ async fn etcd_restores_a_retcd_snapshot() {
         (want_hash.hash(), want_hash.compact_version()),
         "HashKV at {rev}"
     );
-    let mut got_leases: Vec<i64> = e
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
-    got_leases.sort();
-    let mut want_leases = want_leases;
-    want_leases.sort();
-    assert_eq!(got_leases, want_leases);
+    assert_eq!(lease_ids(&mut e).await, want_leases);
     let got_members = e.member_list().await.unwrap();
     let names = |m: &etcd_client::MemberListResponse| -> Vec<(u64, String, Vec<String>)> {
         m.members()

@@ -2,12 +2,14 @@
 //! tests (free ports on 127.0.0.1, a temporary data directory, readiness by polling
 //! `/health` with a deadline, and a guard that kills the process when dropped), HTTP GET
 //! and `/metrics` samples, and small helpers of async and seeded tests. In submodules:
-//! a real etcd ([`etcd`]) and etcd's CLI ([`etcdctl`]) for the differential tests.
+//! a real etcd ([`etcd`]) and etcd's CLI ([`etcdctl`]) for the differential tests, and a
+//! server's keys and leases read whole for comparison ([`store`]).
 
 #![allow(dead_code)]
 
 pub mod etcd;
 pub mod etcdctl;
+pub mod store;
 pub mod tls;
 
 use std::io::{Read, Write};
