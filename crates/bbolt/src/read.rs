@@ -637,41 +637,47 @@ fn show(key: &[u8]) -> String {
 /// The elements of a leaf page held in `data` (header first), each checked to lie
 /// inside it.
 fn leaf_elements(data: &[u8], count: u16, id: u64) -> Result<Vec<LeafElement<'_>>, Error> {
-    let count = usize::from(count);
-    if PAGE_HEADER + count * ELEMENT > data.len() {
-        return Err(invalid(format!(
-            "page {id}: {count} elements do not fit in {} bytes",
-            data.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let at = PAGE_HEADER + i * ELEMENT;
-        let flags = u32_at(data, at);
-        let pos = u64::from(u32_at(data, at + 4));
-        let ksize = u64::from(u32_at(data, at + 8));
-        let vsize = u64::from(u32_at(data, at + 12));
-        let start = at as u64 + pos;
-        if start + ksize + vsize > data.len() as u64 {
-            return Err(invalid(format!(
-                "page {id}: element {i} points outside its page"
-            )));
-        }
-        if ksize == 0 {
-            return Err(invalid(format!("page {id}: element {i} has an empty key")));
-        }
-        let (s, k) = (start as usize, ksize as usize);
-        out.push(LeafElement {
-            flags,
-            key: &data[s..s + k],
-            value: &data[s + k..s + k + vsize as usize],
-        });
-    }
-    Ok(out)
+    elements(
+        data,
+        count,
+        id,
+        |at| {
+            (
+                u32_at(data, at + 4),
+                u32_at(data, at + 8),
+                u32_at(data, at + 12),
+            )
+        },
+        |at, key, value| LeafElement {
+            flags: u32_at(data, at),
+            key,
+            value,
+        },
+    )
 }
 
 /// The elements of a branch page: each child's first key and page id.
 fn branch_elements(data: &[u8], count: u16, id: u64) -> Result<Vec<(&[u8], u64)>, Error> {
+    elements(
+        data,
+        count,
+        id,
+        |at| (u32_at(data, at), u32_at(data, at + 4), 0),
+        |at, key, _| (key, u64_at(data, at + 8)),
+    )
+}
+
+/// The `count` elements of page `id` (its bytes in `data`, header first), checked: they
+/// fit after the header, each one's key (and value) lies inside `data`, no key is empty.
+/// `layout(at)` reads the element at offset `at`: where its key starts relative to it,
+/// the key's size and the value's (0 in a branch); `make(at, key, value)` builds it.
+fn elements<'d, T>(
+    data: &'d [u8],
+    count: u16,
+    id: u64,
+    layout: impl Fn(usize) -> (u32, u32, u32),
+    mut make: impl FnMut(usize, &'d [u8], &'d [u8]) -> T,
+) -> Result<Vec<T>, Error> {
     let count = usize::from(count);
     if PAGE_HEADER + count * ELEMENT > data.len() {
         return Err(invalid(format!(
@@ -682,11 +688,9 @@ fn branch_elements(data: &[u8], count: u16, id: u64) -> Result<Vec<(&[u8], u64)>
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let at = PAGE_HEADER + i * ELEMENT;
-        let pos = u64::from(u32_at(data, at));
-        let ksize = u64::from(u32_at(data, at + 4));
-        let child = u64_at(data, at + 8);
-        let start = at as u64 + pos;
-        if start + ksize > data.len() as u64 {
+        let (pos, ksize, vsize) = layout(at);
+        let start = at as u64 + u64::from(pos);
+        if start + u64::from(ksize) + u64::from(vsize) > data.len() as u64 {
             return Err(invalid(format!(
                 "page {id}: element {i} points outside its page"
             )));
@@ -694,7 +698,8 @@ fn branch_elements(data: &[u8], count: u16, id: u64) -> Result<Vec<(&[u8], u64)>
         if ksize == 0 {
             return Err(invalid(format!("page {id}: element {i} has an empty key")));
         }
-        out.push((&data[start as usize..(start + ksize) as usize], child));
+        let (s, k, v) = (start as usize, ksize as usize, vsize as usize);
+        out.push(make(at, &data[s..s + k], &data[s + k..s + k + v]));
     }
     Ok(out)
 }

@@ -14,8 +14,12 @@ use std::io;
 use std::ops::ControlFlow;
 
 use retcd_bbolt::format::{META, Meta, PAGE_HEADER};
-use retcd_bbolt::{Db, PairSink, Pairs, Plan, Source};
+use retcd_bbolt::{Db, Source};
 use retcd_prng::SplitMix64;
+
+mod common;
+
+use common::{Data, write};
 
 struct Counting<'a> {
     data: &'a [u8],
@@ -33,20 +37,6 @@ impl Source for Counting<'_> {
     }
 }
 
-type Data = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
-struct FromMap<'a>(&'a Data);
-
-impl Pairs for FromMap<'_> {
-    fn scan(&mut self, f: &mut PairSink<'_>) -> io::Result<()> {
-        for (bucket, pairs) in self.0 {
-            for (k, v) in pairs {
-                f(bucket, k, v)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A valid file of small pages: a few buckets, a tree three levels deep, an overflow.
 fn valid_file() -> Vec<u8> {
     let mut data = Data::new();
@@ -61,11 +51,7 @@ fn valid_file() -> Vec<u8> {
     data.get_mut(b"meta".as_slice())
         .unwrap()
         .insert(b"consistent_index".to_vec(), 9u64.to_be_bytes().to_vec());
-    let names: Vec<Vec<u8>> = data.keys().cloned().collect();
-    let plan = Plan::new(512, names, &mut FromMap(&data)).unwrap();
-    let mut out = Vec::new();
-    plan.write(&mut FromMap(&data), &mut out).unwrap();
-    out
+    write(&data, 512)
 }
 
 fn mutate(file: &[u8], rng: &mut SplitMix64) -> Vec<u8> {

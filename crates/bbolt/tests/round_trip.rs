@@ -6,33 +6,11 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::ControlFlow;
 
+mod common;
+
+use common::{Data, FromMap, write};
 use retcd_bbolt::{Db, PairSink, Pairs, Plan, Visit};
 use retcd_prng::SplitMix64;
-
-type Data = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
-
-struct FromMap<'a>(&'a Data);
-
-impl Pairs for FromMap<'_> {
-    fn scan(&mut self, f: &mut PairSink<'_>) -> io::Result<()> {
-        for (bucket, pairs) in self.0 {
-            for (k, v) in pairs {
-                f(bucket, k, v)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn write(data: &Data, page_size: u32) -> Vec<u8> {
-    let names: Vec<Vec<u8>> = data.keys().cloned().collect();
-    let plan = Plan::new(page_size, names, &mut FromMap(data)).expect("plan");
-    let mut out = Vec::new();
-    let n = plan.write(&mut FromMap(data), &mut out).expect("write");
-    assert_eq!(n, plan.size());
-    assert_eq!(out.len() as u64, plan.size());
-    out
-}
 
 fn read(file: Vec<u8>) -> Data {
     let db = Db::open(file).expect("open");

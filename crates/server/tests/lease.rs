@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::store::lease_ids;
 use common::{Retcd, status_of};
 use etcd_client::{
     Compare, CompareOp, EventType, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, Txn,
@@ -51,18 +52,9 @@ async fn grant_rules_and_errors() {
             "etcdserver: lease already exists"
         )
     );
-    let mut ids: Vec<i64> = c
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
-    ids.sort_unstable();
     let mut want = vec![42, a.id(), b.id()];
     want.sort_unstable();
-    assert_eq!(ids, want);
+    assert_eq!(lease_ids(&mut c).await, want);
 }
 
 // Goal: keys attach and detach as etcd's: put with a lease attaches, ignore_lease keeps
