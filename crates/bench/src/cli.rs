@@ -161,6 +161,9 @@ pub enum Command {
     /// Authenticate with --user's credentials, one login per request (a server with
     /// auth on; bcrypt makes each login cost the server milliseconds of CPU).
     Authenticate,
+    /// Read one whole Maintenance.Snapshot stream per request and throw it away
+    /// (set --request-timeout above the time a whole snapshot takes).
+    Snapshot,
 }
 
 impl Command {
@@ -174,6 +177,7 @@ impl Command {
             Command::Lease(_) => "lease",
             Command::LeaseKeepalive(_) => "lease-keepalive",
             Command::Authenticate => "authenticate",
+            Command::Snapshot => "snapshot",
         }
     }
 }
@@ -280,7 +284,11 @@ impl Cli {
             return invalid("--key-space-size must be > 0".into());
         }
         match &self.command {
-            Command::Put | Command::Range(_) | Command::Lease(_) | Command::Authenticate => {}
+            Command::Put
+            | Command::Range(_)
+            | Command::Lease(_)
+            | Command::Authenticate
+            | Command::Snapshot => {}
             Command::TxnPut(a) => {
                 if a.txn_ops == 0 {
                     return invalid("--txn-ops must be > 0".into());

@@ -131,4 +131,18 @@ async fn every_workload_against_etcd() {
     assert_eq!(v["ok"], 20);
     assert_eq!(v["errors_total"], 0);
     assert_eq!(v["counters"]["kvs_returned"], 20 * 200);
+
+    // Two whole snapshot streams: each is etcd's backend file (whole 4 KiB pages) and
+    // the SHA-256 after it.
+    let v = common::bench_binary_json(
+        &etcd.endpoint,
+        &["snapshot", "--total", "2", "--clients", "2"],
+    )
+    .await;
+    assert_eq!(v["command"], "snapshot");
+    assert_eq!(v["ok"], 2);
+    assert_eq!(v["errors_total"], 0);
+    let bytes = v["counters"]["bytes"].as_u64().expect("bytes counter");
+    assert!(bytes > 2 * 4096 && bytes % 2 == 0, "{bytes}");
+    assert_eq!((bytes / 2 - 32) % 4096, 0, "{bytes}");
 }

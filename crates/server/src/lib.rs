@@ -80,6 +80,7 @@
 mod apply;
 mod auth;
 mod authority;
+mod background;
 mod clock;
 mod compactor;
 pub mod config;

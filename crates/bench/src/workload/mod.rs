@@ -1,6 +1,6 @@
 //! The workloads, one module per etcd service they drive: [`kv`] (put,
-//! range, txn-put), [`watch`], [`lease`] (lease, lease-keepalive) and [`auth`]
-//! (authenticate).
+//! range, txn-put), [`watch`], [`lease`] (lease, lease-keepalive), [`auth`]
+//! (authenticate) and [`maintenance`] (snapshot).
 //!
 //! Each workload connects, sets up what it needs unmeasured (leases to keep
 //! alive, watchers), runs the measured phase and returns a [`Report`].
@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod kv;
 pub mod lease;
+pub mod maintenance;
 pub mod watch;
 pub mod watch_wire;
 
@@ -99,5 +100,6 @@ pub async fn run(cli: &Cli) -> Result<Report, BenchError> {
         Command::Lease(args) => Ok(lease::lease(&ctx, args).await),
         Command::LeaseKeepalive(args) => lease::keepalive(&ctx, args).await,
         Command::Authenticate => auth::run(&ctx).await,
+        Command::Snapshot => Ok(maintenance::snapshot(&ctx).await),
     }
 }

@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use retcd_server::config::{self, Command, Level};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 
+/// The allocator (see the workspace's Cargo.toml for why not glibc's).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();

@@ -252,11 +252,16 @@ impl Maintenance for MaintenanceService {
         self.auth.require_admin(&Credentials::of(&req)).await?;
         // etcd's stream: the backend as a bbolt file in 32 KiB messages, then its SHA-256.
         // One read transaction (writes go on), one message in flight per slot of the
-        // channel: memory stays a few messages whatever the store's size.
+        // channel: memory stays a few messages whatever the store's size. The file is
+        // made on a low-priority background thread: a backup slows down on a busy member
+        // rather than taking the CPU from its writes.
         let kv = self.store.kv.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<SnapshotResponse, Status>>(4);
-        tokio::task::spawn_blocking(move || {
+        crate::background::snapshots().spawn(move || {
             use retcd_backend::Backend as _;
+            if tx.is_closed() {
+                return; // the client left while the stream waited for a thread
+            }
             let sent = tx.clone();
             let outcome = kv
                 .backend()
