@@ -278,3 +278,153 @@ mod tests {
         assert!(!query_flag(&u, "serializable"));
     }
 }
+
+/// etcd's access rules for HTTP requests on a client port (`accessController`): the
+/// Host header against `--host-whitelist` on plain HTTP (a DNS-rebinding guard), CORS
+/// headers from `--cors`, and `OPTIONS` answered at once. gRPC requests pass untouched.
+#[derive(Clone, Debug)]
+pub struct AccessRules {
+    /// `--cors`: empty or `*` allows any origin.
+    pub cors: Vec<String>,
+    /// `--host-whitelist`: empty or `*` allows any host.
+    pub host_whitelist: Vec<String>,
+}
+
+impl AccessRules {
+    fn any_origin(&self) -> bool {
+        self.cors.is_empty() || self.cors.iter().any(|c| c == "*")
+    }
+
+    /// The `Access-Control-Allow-Origin` to send, if any.
+    fn allowed_origin(&self, origin: Option<&str>) -> Option<String> {
+        if self.any_origin() {
+            return Some("*".into());
+        }
+        let origin = origin?;
+        self.cors
+            .iter()
+            .any(|c| c == origin)
+            .then(|| origin.to_string())
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        if self.host_whitelist.is_empty() || self.host_whitelist.iter().any(|h| h == "*") {
+            return true;
+        }
+        // The host without its port, as Go's net.SplitHostPort (or as given).
+        let bare = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                h.trim_start_matches('[').trim_end_matches(']')
+            }
+            _ => host,
+        };
+        self.host_whitelist.iter().any(|h| h == bare)
+    }
+}
+
+/// etcd's answer to a Host header it does not know (CVE-2018-5702).
+const MISDIRECTED: &str = "\netcd received your request, but the Host header was unrecognized.\n\nTo fix this, choose one of the following options:\n- Enable TLS, then any HTTPS request will be allowed.\n- Add the hostname you want to use to the whitelist in settings.\n  - e.g. etcd --host-whitelist \"evil.example\"\n\nThis requirement has been added to help prevent \"DNS Rebinding\" attacks (CVE-2018-5702).\n";
+
+/// Wraps `router` in the access rules.
+pub fn with_access_rules(router: Router, rules: AccessRules) -> Router {
+    let rules = Arc::new(rules);
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let rules = rules.clone();
+            async move { access(&rules, req, next).await }
+        },
+    ))
+}
+
+async fn access(
+    rules: &AccessRules,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return next.run(req).await;
+    }
+    let tls = req
+        .extensions()
+        .get::<crate::listen::ClientIdentity>()
+        .is_some_and(|i| i.tls);
+    if !tls {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        if !rules.host_allowed(host) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                MISDIRECTED,
+            )
+                .into_response();
+        }
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let allowed = rules.allowed_origin(origin);
+    let mut response = if req.method() == axum::http::Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Some(origin) = allowed
+        && let Ok(origin) = header::HeaderValue::from_str(&origin)
+    {
+        let h = response.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::HeaderValue::from_static("accept, content-type, authorization"),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    #[test]
+    fn origins_and_hosts() {
+        let any = AccessRules {
+            cors: vec!["*".into()],
+            host_whitelist: vec!["*".into()],
+        };
+        assert_eq!(any.allowed_origin(None).as_deref(), Some("*"));
+        assert!(any.host_allowed("evil.example:2379"));
+        let listed = AccessRules {
+            cors: vec!["http://example.com:8080".into()],
+            host_whitelist: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        };
+        assert_eq!(listed.allowed_origin(None), None);
+        assert_eq!(listed.allowed_origin(Some("http://evil.com")), None);
+        assert_eq!(
+            listed
+                .allowed_origin(Some("http://example.com:8080"))
+                .as_deref(),
+            Some("http://example.com:8080")
+        );
+        assert!(listed.host_allowed("127.0.0.1:2379"));
+        assert!(listed.host_allowed("localhost"));
+        assert!(listed.host_allowed("[::1]:2379"));
+        assert!(!listed.host_allowed("evil.example:2379"));
+    }
+}

@@ -35,7 +35,11 @@
 //! - `etcd_db`: the store as etcd's backend file (bbolt), streamed by
 //!   `Maintenance.Snapshot`; [`restore`]: a snapshot file (etcd's or ours) into a new
 //!   data dir, as `etcdctl snapshot restore` (offline, for `retcdctl`).
-//! - `http`: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`.
+//! - `http`: `/version`, `/health`, `/livez`, `/readyz`, `/metrics`, and the access
+//!   rules of every HTTP request on a client port (`--cors`, `--host-whitelist`).
+//! - `gateway`: the HTTP/JSON gateway (`/v3/...`), every RPC as etcd's grpc-gateway
+//!   serves it, through the gRPC router in-process.
+//! - `background`: low-priority thread pools (bcrypt, snapshot streams).
 //! - [`metrics`]: a small Prometheus registry with etcd's metric names, gRPC server
 //!   and peer network families included.
 //! - `errors`: the one place request errors become `tonic::Status`.
@@ -87,6 +91,7 @@ pub mod config;
 mod corrupt;
 mod errors;
 mod etcd_db;
+mod gateway;
 mod grpc;
 mod http;
 pub mod ids;

@@ -267,6 +267,7 @@ where
             };
             let identity = ClientIdentity {
                 addr: peer,
+                tls: matches!(io, MaybeTls::Tls(_)),
                 cn: match &io {
                     MaybeTls::Tls(s) => verified_cn(s.get_ref().1.peer_certificates()),
                     MaybeTls::Plain(_) => None,
@@ -300,6 +301,8 @@ where
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub addr: Option<std::net::SocketAddr>,
+    /// Whether the connection is TLS (the host whitelist applies to plain HTTP only).
+    pub tls: bool,
     /// The CN of the client certificate the TLS handshake verified.
     pub cn: Option<String>,
 }

@@ -183,16 +183,35 @@ impl Server {
             peer_activity,
             dialer.clone(),
         ));
-        let router_for = |role: Role| match role {
-            Role::Client => track(http::add_routes(
+        // The JSON gateway calls the gRPC router in-process (`--enable-grpc-gateway`).
+        let gateway = if config.enable_grpc_gateway {
+            Some(Arc::new(crate::gateway::Gateway::new(
                 grpc_router.clone(),
-                http_state.clone(),
-                Endpoints::Client,
-            )),
+                limits.max_request_bytes + grpc::GRPC_OVERHEAD_BYTES,
+            )?))
+        } else {
+            None
+        };
+        let access = http::AccessRules {
+            cors: config.cors.clone(),
+            host_whitelist: config.host_whitelist.clone(),
+        };
+        // A client port's HTTP side: the gateway's paths, then the plain endpoints, all
+        // under etcd's access rules.
+        let client_http = |router: axum::Router| {
+            let router = match &gateway {
+                Some(gateway) => gateway.clone().add_routes(router),
+                None => router,
+            };
+            http::with_access_rules(
+                http::add_routes(router, http_state.clone(), Endpoints::Client),
+                access.clone(),
+            )
+        };
+        let router_for = |role: Role| match role {
+            Role::Client => track(client_http(grpc_router.clone())),
             Role::ClientGrpc => track(http::grpc_only(grpc_router.clone())),
-            Role::ClientHttp => {
-                http::add_routes(axum::Router::new(), http_state.clone(), Endpoints::Client)
-            }
+            Role::ClientHttp => client_http(axum::Router::new()),
             Role::Metrics => {
                 http::add_routes(axum::Router::new(), http_state.clone(), Endpoints::Metrics)
             }

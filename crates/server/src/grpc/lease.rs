@@ -291,6 +291,31 @@ impl Lease for LeaseService {
         let renewer = self.renewer.clone();
         let status = self.status.clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+        // Renewals are in flight together, but answered in the order they were asked,
+        // as etcd answers them: one task sends each reply once those before it are sent.
+        let (order_tx, mut order_rx) = mpsc::channel::<(
+            i64,
+            oneshot::Receiver<Result<i64, RequestError>>,
+            tokio::sync::OwnedSemaphorePermit,
+        )>(STREAM_IN_FLIGHT);
+        let replies_tx = out_tx.clone();
+        tokio::spawn(async move {
+            while let Some((id, rx, slot)) = order_rx.recv().await {
+                let resp = match rx.await {
+                    Ok(Ok(ttl)) => Ok(LeaseKeepAliveResponse {
+                        header: Some(status.header(None)),
+                        id,
+                        ttl,
+                    }),
+                    Ok(Err(e)) => Err(Status::from(e)),
+                    Err(_) => Err(Status::from(RequestError::from(EtcdError::Stopped))),
+                };
+                drop(slot);
+                if replies_tx.send(resp).await.is_err() {
+                    return;
+                }
+            }
+        });
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -315,21 +340,9 @@ impl Lease for LeaseService {
                         .await;
                     return;
                 }
-                let out_tx = out_tx.clone();
-                let status = status.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let resp = match rx.await {
-                        Ok(Ok(ttl)) => Ok(LeaseKeepAliveResponse {
-                            header: Some(status.header(None)),
-                            id: r.id,
-                            ttl,
-                        }),
-                        Ok(Err(e)) => Err(Status::from(e)),
-                        Err(_) => Err(Status::from(RequestError::from(EtcdError::Stopped))),
-                    };
-                    let _ = out_tx.send(resp).await;
-                });
+                if order_tx.send((r.id, rx, slot)).await.is_err() {
+                    return;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))

@@ -2,13 +2,15 @@
 //! tests (free ports on 127.0.0.1, a temporary data directory, readiness by polling
 //! `/health` with a deadline, and a guard that kills the process when dropped), HTTP GET
 //! and `/metrics` samples, and small helpers of async and seeded tests. In submodules:
-//! a real etcd ([`etcd`]) and etcd's CLI ([`etcdctl`]) for the differential tests, and a
-//! server's keys and leases read whole for comparison ([`store`]).
+//! a real etcd ([`etcd`]) and etcd's CLI ([`etcdctl`]) for the differential tests, a
+//! server's keys and leases read whole for comparison ([`store`]), and an HTTP/1.1 client
+//! for the JSON gateway ([`gateway`]).
 
 #![allow(dead_code)]
 
 pub mod etcd;
 pub mod etcdctl;
+pub mod gateway;
 pub mod store;
 pub mod tls;
 
