@@ -293,14 +293,16 @@ impl Gateway {
     /// one request message, sent as it arrives; the first must parse before the call starts.
     async fn bidi(&self, route: &Route, call: CallParts, body: Body) -> Response {
         let mut reader = JsonValues::new(body, self.max_body_bytes);
+        // etcd's gateway returns the first request's decoding error raw, which makes it
+        // Unknown and a 500; bad input is the client's error, so here it is
+        // InvalidArgument (400), as on the unary paths.
         let first = match reader.next().await {
             Ok(first) => first,
-            // Go's gateway returns the first request's decoding error as it is: Unknown.
-            Err(e) => return error_response(&Status::unknown(e)),
+            Err(e) => return error_response(&Status::invalid_argument(e)),
         };
         let first = match first.map(|v| json::decode(&route.input, &v)).transpose() {
             Ok(first) => first,
-            Err(e) => return error_response(&Status::unknown(e.to_string())),
+            Err(e) => return error_response(&Status::invalid_argument(e.to_string())),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(4);
         if let Some(first) = first {

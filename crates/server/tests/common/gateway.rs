@@ -157,76 +157,150 @@ pub fn post_stream(
     lines: usize,
     timeout: Duration,
 ) -> Streamed {
-    let mut s = connect(port, "POST", path, headers, body.as_bytes()).expect("connect");
     let deadline = Instant::now() + timeout;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let parsed = split_head(&raw).map(|(status, headers, start)| {
-            let chunked = headers
+    let mut reader = LineReader::open(port, path, headers, body.as_bytes()).expect("connect");
+    let mut got = Vec::new();
+    while got.len() < lines {
+        match reader.next_line(deadline) {
+            Some(line) => got.push(line),
+            None => break,
+        }
+    }
+    let (status, headers) = reader.head.clone().unwrap_or_default();
+    Streamed {
+        status,
+        headers,
+        lines: got,
+        ended: reader.ended,
+    }
+}
+
+/// A streamed answer read line by line as it arrives (chunked or not).
+pub struct LineReader {
+    s: TcpStream,
+    /// Bytes read and not yet decoded.
+    raw: Vec<u8>,
+    pub head: Option<(u16, Headers)>,
+    chunked: bool,
+    /// Decoded body bytes not yet returned as lines.
+    data: Vec<u8>,
+    /// Whether the server ended the body (last chunk, or the connection closed).
+    pub ended: bool,
+}
+
+impl LineReader {
+    pub fn open(
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<LineReader> {
+        Ok(LineReader {
+            s: connect(port, "POST", path, headers, body)?,
+            raw: Vec::new(),
+            head: None,
+            chunked: false,
+            data: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// Moves what can be decoded from `raw` to `data`.
+    fn decode(&mut self) {
+        if self.head.is_none() {
+            let Some((status, headers, start)) = split_head(&self.raw) else {
+                return;
+            };
+            self.chunked = headers
                 .iter()
                 .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-            let (data, ended) = if chunked {
-                dechunk(&raw[start..])
-            } else {
-                (raw[start..].to_vec(), false)
-            };
-            (status, headers, data, ended)
-        });
-        if let Some((status, headers, data, ended)) = &parsed {
-            let text = String::from_utf8_lossy(data);
-            let mut got: Vec<String> = text.split('\n').map(String::from).collect();
-            let partial = got.pop().unwrap_or_default();
-            if got.len() >= lines || *ended || Instant::now() >= deadline {
-                if *ended && !partial.is_empty() {
-                    got.push(partial);
-                }
-                return Streamed {
-                    status: *status,
-                    headers: headers.clone(),
-                    lines: got,
-                    ended: *ended,
-                };
-            }
+            self.head = Some((status, headers));
+            self.raw.drain(..start);
         }
+        if !self.chunked {
+            self.data.append(&mut self.raw);
+            return;
+        }
+        loop {
+            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size_text = String::from_utf8_lossy(&self.raw[..eol]).into_owned();
+            let Ok(size) =
+                usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            else {
+                self.ended = true;
+                return;
+            };
+            if size == 0 {
+                self.ended = true;
+                return;
+            }
+            if self.raw.len() < eol + 2 + size + 2 {
+                return;
+            }
+            self.data
+                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+            self.raw.drain(..eol + 2 + size + 2);
+        }
+    }
+
+    /// Reads once (up to `deadline`); false when nothing more will come by then.
+    fn fill(&mut self, deadline: Instant) -> bool {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Streamed {
-                status: parsed.as_ref().map_or(0, |p| p.0),
-                headers: parsed.map(|p| p.1).unwrap_or_default(),
-                lines: Vec::new(),
-                ended: false,
-            };
+        if left.is_zero() || self.ended {
+            return false;
         }
-        s.set_read_timeout(Some(
-            left.min(Duration::from_millis(200))
-                .max(Duration::from_millis(1)),
-        ))
-        .expect("timeout");
-        match s.read(&mut buf) {
+        self.s
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        let mut buf = [0u8; 64 * 1024];
+        match self.s.read(&mut buf) {
             Ok(0) => {
-                // The connection closed: whatever came is all there is.
-                let (status, headers, data, _) = parsed.unwrap_or_default();
-                let text = String::from_utf8_lossy(&data);
-                let lines = text
-                    .split('\n')
-                    .filter(|l| !l.is_empty())
-                    .map(String::from)
-                    .collect();
-                return Streamed {
-                    status,
-                    headers,
-                    lines,
-                    ended: true,
-                };
+                self.ended = true;
+                false
             }
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                self.decode();
+                true
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                false
+            }
             Err(e) => panic!("reading a stream: {e}"),
+        }
+    }
+
+    /// The status, once the head arrived (by `deadline`).
+    pub fn status(&mut self, deadline: Instant) -> Option<u16> {
+        while self.head.is_none() && self.fill(deadline) {}
+        self.head.as_ref().map(|h| h.0)
+    }
+
+    /// The next line (without its newline); at the end of the stream, what is left
+    /// without a newline; `None` when nothing more came by `deadline`.
+    pub fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        loop {
+            if let Some(i) = self.data.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.data.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&line[..i]).into_owned());
+            }
+            if self.ended {
+                if self.data.is_empty() {
+                    return None;
+                }
+                let rest = std::mem::take(&mut self.data);
+                return Some(String::from_utf8_lossy(&rest).into_owned());
+            }
+            if !self.fill(deadline) && !self.ended {
+                return None;
+            }
         }
     }
 }
