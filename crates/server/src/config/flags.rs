@@ -499,9 +499,9 @@ pub static FLAGS: &[Flag] = &[
     flag("enable-grpc-gateway", Bool, "true", Clustering, "Serve the JSON gRPC gateway (/v3/...) on client URLs.")
         .on(|d, v| d.c.enable_grpc_gateway = v.bool(), |c| show(&c.enable_grpc_gateway)),
     flag("cors", Urls { exception: "*" }, "*", Clustering, "Comma-separated CORS origins (* for any).")
-        .refused("CORS on the JSON gateway"),
+        .on(|d, v| d.c.cors = v.urls_over(&d.c.cors), |c| show(&c.cors)),
     flag("host-whitelist", Set, "*", Clustering, "Host headers accepted on plain-HTTP requests (* for any).")
-        .refused("Host checks on the JSON gateway"),
+        .on(|d, v| d.c.host_whitelist = names(v), |c| show(&c.host_whitelist)),
     // Security
     flag("cert-file", Str, "", Security, "Path to the client server TLS cert file.")
         .yaml("client-transport-security.cert-file")

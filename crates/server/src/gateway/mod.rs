@@ -1,6 +1,6 @@
 //! The HTTP/JSON gateway: every v3 RPC as JSON over HTTP/1.1 on the client port, at
 //! the paths etcd 3.4's grpc-gateway serves (`/v3/kv/range`, `/v3/watch`, ...; the
-//! `/v3beta/` prefix too), streams included.
+//! `/v3beta/` prefix too, and etcd 3.3's `/v3alpha/`), streams included.
 //!
 //! Like etcd's gateway, which dials its own gRPC server, each request becomes a gRPC call:
 //! the JSON is read into the method's input message through the descriptors
@@ -210,7 +210,10 @@ impl Gateway {
         };
         router
             .route("/v3/{*rest}", axum::routing::any(handler.clone()))
-            .route("/v3beta/{*rest}", axum::routing::any(handler))
+            .route("/v3beta/{*rest}", axum::routing::any(handler.clone()))
+            // etcd 3.3's prefix, which 3.4 dropped: clients written for 3.3 (older
+            // Patroni releases among them) still work.
+            .route("/v3alpha/{*rest}", axum::routing::any(handler))
     }
 
     async fn serve(&self, req: Request<Body>) -> Response {
@@ -218,6 +221,7 @@ impl Gateway {
         let rest = path
             .strip_prefix("/v3/")
             .or_else(|| path.strip_prefix("/v3beta/"))
+            .or_else(|| path.strip_prefix("/v3alpha/"))
             .unwrap_or_default();
         let Some(route) = self.routes.get(rest) else {
             return text(StatusCode::NOT_FOUND, "Not Found\n");

@@ -442,25 +442,28 @@ fn refusals_name_the_flag() {
     );
 }
 
-// Goal: the flags of features that have not landed (the JSON gateway) are refused by name with any value but etcd's default, so no deployment believes it has
-// them; kubeadm's command line passes none of them.
+// Goal: the JSON gateway's access flags take effect: `--cors` origins (URLs, `*` for
+// any) and `--host-whitelist` hosts.
 #[test]
-fn flags_of_features_not_landed_are_refused() {
-    for flag in ["--cors=http://a.example:8080", "--host-whitelist=a.example"] {
-        let e = err(&[flag], &[]);
-        let name = flag.split('=').next().unwrap();
-        assert!(
-            matches!(&e, ConfigError::Unsupported { flag, .. } if flag == name),
-            "{flag}: {e}"
-        );
-        assert!(e.to_string().contains("yet"), "{e}");
-    }
-    for defaults in [
-        &["--auth-token=simple", "--bcrypt-cost=10", "--cors=*"][..],
-        &["--host-whitelist=*"],
-    ] {
-        ok(defaults);
-    }
+fn gateway_access_flags() {
+    let c = ok(&[
+        "--cors=http://a.example:8080,http://b.example:9000",
+        "--host-whitelist=a.example,localhost",
+    ]);
+    assert_eq!(
+        c.cors,
+        ["http://a.example:8080", "http://b.example:9000"].map(String::from)
+    );
+    assert_eq!(
+        c.host_whitelist,
+        ["a.example", "localhost"].map(String::from)
+    );
+    let c = ok(&["--cors=*", "--host-whitelist=*"]);
+    assert_eq!(
+        (c.cors.as_slice(), c.host_whitelist.as_slice()),
+        (&["*".to_string()][..], &["*".to_string()][..])
+    );
+    assert!(!ok(&["--enable-grpc-gateway=false"]).enable_grpc_gateway);
 }
 
 // Goal: the auth flags that have landed take effect, and a bcrypt cost outside 4..=31

@@ -3,12 +3,10 @@
 //! buffer, and seeded hostile requests that must each get a 4xx answer (never a 500, a
 //! dropped connection or a panic). Runs without etcd.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::gateway::{LineReader, request};
-use common::{Retcd, env_u64};
+use crate::common::gateway::{LineReader, request};
+use crate::common::{Retcd, env_u64};
 use retcd_prng::SplitMix64 as Rng;
 use serde_json::Value as Json;
 
@@ -401,4 +399,80 @@ async fn hostile_requests_get_clear_errors() {
     let mut client = s.client().await;
     client.put("after", "ok", None).await.unwrap();
     assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+// Goal: the three prefixes, `--cors` (an origin echoed only when listed, OPTIONS answered
+// at once) and `--host-whitelist` (etcd's 421 for an unlisted Host on plain HTTP).
+#[test]
+fn prefixes_cors_and_host_whitelist() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Retcd::start(
+        &dir.path().join("data"),
+        &[
+            "--cors",
+            "http://example.com:8080",
+            "--host-whitelist",
+            "localhost,127.0.0.1",
+        ],
+    );
+    for prefix in ["/v3", "/v3beta", "/v3alpha"] {
+        let answer = crate::common::gateway::post(
+            s.port,
+            &format!("{prefix}/kv/range"),
+            r#"{"key":"eA=="}"#,
+        );
+        assert_eq!(answer.status, 200, "{prefix}: {}", answer.text());
+        assert!(answer.json()["header"]["revision"].is_string());
+    }
+    let listed = request(
+        s.port,
+        "POST",
+        "/v3/kv/range",
+        &[("Origin", "http://example.com:8080")],
+        br#"{"key":"eA=="}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        listed.header("access-control-allow-origin"),
+        Some("http://example.com:8080")
+    );
+    assert_eq!(
+        listed.header("access-control-allow-headers"),
+        Some("accept, content-type, authorization")
+    );
+    let other = request(
+        s.port,
+        "POST",
+        "/v3/kv/range",
+        &[("Origin", "http://evil.com")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    let preflight = request(
+        s.port,
+        "OPTIONS",
+        "/v3/kv/put",
+        &[("Origin", "http://example.com:8080")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!((preflight.status, preflight.body.len()), (200, 0));
+    assert_eq!(
+        preflight.header("access-control-allow-methods"),
+        Some("POST, GET, OPTIONS, PUT, DELETE")
+    );
+    // An unlisted Host header.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"GET /version HTTP/1.1\r\nHost: evil.example:2379\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
+    assert!(raw.contains("DNS Rebinding"), "{raw}");
 }

@@ -13,13 +13,11 @@
 //! PostgreSQL refuses to run as root: as root, Patroni runs as the `postgres` user
 //! (`setpriv`), with its directories given to that user.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Retcd, free_port, http_get};
+use crate::common::{Retcd, free_port, http_get};
 
 const SCOPE: &str = "retcd-test";
 /// Failover takes the lease's TTL at worst (Patroni's ttl 10 s: a lease of 20 s).
@@ -85,6 +83,25 @@ fn postgres_user() -> Option<(u32, u32)> {
     })
 }
 
+/// `program` run as `run_as` (uid, gid) when given. setpriv execs the program itself, so
+/// a signal to the child reaches it (runuser would stand between them).
+fn as_user(run_as: Option<(u32, u32)>, program: &Path) -> Command {
+    match run_as {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--init-groups".into(),
+                "--".into(),
+            ])
+            .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// One Patroni node (and the PostgreSQL it runs); stopped on drop.
 struct Node {
     name: String,
@@ -127,22 +144,7 @@ impl Node {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
             }
         }
-        // setpriv execs Patroni itself, so a signal to the child reaches Patroni.
-        let mut command = match setup.run_as {
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    format!("--reuid={uid}"),
-                    format!("--regid={gid}"),
-                    "--init-groups".into(),
-                    "--".into(),
-                ])
-                .arg(&setup.patroni);
-                c
-            }
-            None => Command::new(&setup.patroni),
-        };
-        let child = command
+        let child = as_user(setup.run_as, &setup.patroni)
             .arg(&config)
             .env("HOME", dir)
             .stdin(Stdio::null())
@@ -186,21 +188,7 @@ impl Node {
         let _ = child.kill();
         let _ = child.wait();
         // Patroni did not stop its PostgreSQL: stop it here.
-        let mut pg_ctl = match self.run_as {
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    format!("--reuid={uid}"),
-                    format!("--regid={gid}"),
-                    "--init-groups".into(),
-                    "--".into(),
-                ])
-                .arg(self.pg_bin.join("pg_ctl"));
-                c
-            }
-            None => Command::new(self.pg_bin.join("pg_ctl")),
-        };
-        let _ = pg_ctl
+        let _ = as_user(self.run_as, &self.pg_bin.join("pg_ctl"))
             .args(["stop", "-m", "immediate", "-D"])
             .arg(&self.data_dir)
             .stdout(Stdio::null())
@@ -242,7 +230,8 @@ fn leader(port: u16) -> Option<String> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.encode(format!("/service/{SCOPE}/leader"));
-    let answer = common::gateway::post(port, "/v3/kv/range", &format!(r#"{{"key":"{key}"}}"#));
+    let answer =
+        crate::common::gateway::post(port, "/v3/kv/range", &format!(r#"{{"key":"{key}"}}"#));
     let value = answer.json()["kvs"][0]["value"].as_str()?.to_string();
     String::from_utf8(b64.decode(value).ok()?).ok()
 }
