@@ -341,10 +341,14 @@ async fn access(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // gRPC (HTTP/2 with gRPC's content type) is not HTTP in etcd's sense and passes, as
+    // etcd's listener hands HTTP/2 to its gRPC server. An HTTP/1.1 request passes through
+    // the rules whatever its content type: a browser page may set that header freely.
+    let grpc = req.version() == axum::http::Version::HTTP_2
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
         return next.run(req).await;
     }

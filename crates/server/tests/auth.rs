@@ -798,3 +798,39 @@ async fn clients_refresh_tokens_that_ended() {
     };
     assert_eq!(kvs.kvs()[0].value(), b"1");
 }
+
+// Goal: a client cannot pass for a member forwarding a promotion. `retcd-forwarded`
+// metadata on the client port is ignored, so a promotion without a token is refused
+// by the admin check (over gRPC and through the JSON gateway alike).
+#[tokio::test]
+async fn forwarded_promotions_are_not_believed_from_clients() {
+    use retcd_api::etcdserverpb::{MemberPromoteRequest, cluster_client::ClusterClient};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Retcd::start(&dir.path().join("data"), &["--bcrypt-cost", "4"]);
+    let mut c = server.client().await;
+    let learner = c
+        .member_add(
+            ["http://127.0.0.1:1"],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap()
+        .member()
+        .unwrap()
+        .id();
+    add_users_and_enable(&mut c).await;
+    let mut cluster = ClusterClient::connect(server.endpoint()).await.unwrap();
+    let mut req = tonic::Request::new(MemberPromoteRequest { id: learner });
+    req.metadata_mut()
+        .insert("retcd-forwarded", "1".parse().unwrap());
+    let e = cluster.member_promote(req).await.unwrap_err();
+    assert_eq!((e.code(), e.message().to_string()), no_user());
+    let answer = common::gateway::post_with(
+        server.port,
+        "/v3/cluster/member/promote",
+        &[("Grpc-Metadata-Retcd-Forwarded", "1")],
+        &format!(r#"{{"ID":"{learner}"}}"#),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert_eq!(answer.json()["message"], "etcdserver: user name is empty");
+}

@@ -253,12 +253,9 @@ impl Gateway {
                     self.max_body_bytes, self.max_message_bytes
                 ))
             })?;
-        let value = match first_value(&bytes) {
-            Ok(Some((value, _))) => value,
-            Ok(None) if is_blank(&bytes) => Json::Null,
-            Ok(None) => return Err(Status::invalid_argument("unexpected EOF")),
-            Err(e) => return Err(Status::invalid_argument(e)),
-        };
+        let value = first_whole_value(&bytes)
+            .map_err(Status::invalid_argument)?
+            .unwrap_or(Json::Null);
         let message = json::decode(&route.input, &value)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(message.encode_to_vec().into())
@@ -275,6 +272,7 @@ impl Gateway {
         let mut messages = Messages::new(response);
         let first = match messages.next().await {
             Ok(first) => first,
+            Err(status) if route.server_streaming => return stream_error_response(&status),
             Err(status) => return error_response(&status),
         };
         if route.server_streaming {
@@ -332,7 +330,7 @@ impl Gateway {
         let mut messages = Messages::new(response);
         match messages.next().await {
             Ok(first) => stream_response(route.output.clone(), first, messages),
-            Err(status) => error_response(&status),
+            Err(status) => stream_error_response(&status),
         }
     }
 
@@ -378,8 +376,10 @@ impl CallParts {
                 metadata.push((name.clone(), value.clone()));
             } else if let Some(key) = name.as_str().strip_prefix("grpc-metadata-")
                 && let Ok(key) = HeaderName::from_bytes(key.as_bytes())
-                // Reserved gRPC and HTTP/2 names stay the gateway's own.
+                // Reserved gRPC and HTTP/2 names stay the gateway's own, and retcd's
+                // internal metadata is never a client's to give.
                 && !key.as_str().starts_with("grpc-")
+                && !key.as_str().starts_with("retcd-")
                 && !matches!(key.as_str(), "content-type" | "te" | "host" | "connection")
             {
                 metadata.push((key, value.clone()));
@@ -526,6 +526,17 @@ fn stream_response(
     response
 }
 
+/// A stream that failed before its first message: the error's HTTP status, and the
+/// stream's error object as the body.
+fn stream_error_response(status: &Status) -> Response {
+    (
+        http_status(status.code()),
+        [(header::CONTENT_TYPE, APPLICATION_JSON)],
+        stream_error(status),
+    )
+        .into_response()
+}
+
 /// grpc-gateway's stream error object.
 fn stream_error(status: &Status) -> Bytes {
     let http = http_status(status.code());
@@ -633,10 +644,123 @@ fn go_syntax_error(bytes: &[u8], e: &serde_json::Error) -> String {
     format!("invalid character {quoted} {context}")
 }
 
+/// The most JSON tokens (`{`, `[`, `,`, `:` outside strings) one request may hold. A
+/// real request has a few hundred at most (a Txn of 128 operations); the cap bounds the
+/// memory a parsed request takes, which a body of tiny values (`[0,0,...]`) would
+/// otherwise make tens of times the body's size.
+const MAX_TOKENS: usize = 100_000;
+
+/// Finds where the first JSON value of a growing buffer ends, looking at each byte once,
+/// so a value that arrives in many small pieces costs linear time. It checks nesting and
+/// strings only; the value's grammar is serde_json's to check once it is whole.
+#[derive(Default)]
+struct ValueEnd {
+    /// Bytes looked at so far.
+    pos: usize,
+    /// The value's first byte, once seen.
+    first: Option<u8>,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    tokens: usize,
+}
+
+enum Scanned {
+    /// The value ends before this offset.
+    End(usize),
+    /// Not whole yet.
+    More,
+    TooManyTokens,
+}
+
+impl ValueEnd {
+    fn scan(&mut self, bytes: &[u8]) -> Scanned {
+        while self.pos < bytes.len() {
+            let b = bytes[self.pos];
+            self.pos += 1;
+            let Some(first) = self.first else {
+                if !b.is_ascii_whitespace() {
+                    self.first = Some(b);
+                    match b {
+                        b'{' | b'[' => self.depth = 1,
+                        b'"' => self.in_string = true,
+                        _ => {}
+                    }
+                }
+                continue;
+            };
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                    if self.depth == 0 {
+                        return Scanned::End(self.pos);
+                    }
+                }
+                continue;
+            }
+            if self.depth == 0 {
+                // A bare number or literal ends where something else begins.
+                if first != b'"' && (b.is_ascii_whitespace() || b"{}[],:\"".contains(&b)) {
+                    return Scanned::End(self.pos - 1);
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    self.tokens += 1;
+                }
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Scanned::End(self.pos);
+                    }
+                }
+                b',' | b':' => self.tokens += 1,
+                _ => {}
+            }
+            if self.tokens > MAX_TOKENS {
+                return Scanned::TooManyTokens;
+            }
+        }
+        Scanned::More
+    }
+}
+
+fn too_many_tokens() -> String {
+    format!("a request of more than {MAX_TOKENS} JSON values")
+}
+
+/// The first JSON value of a whole body: `None` for a blank body. What follows the value
+/// is ignored, as Go's decoder ignores it.
+fn first_whole_value(bytes: &[u8]) -> Result<Option<Json>, String> {
+    let mut end = ValueEnd::default();
+    let stop = match end.scan(bytes) {
+        Scanned::End(stop) => stop,
+        Scanned::More => bytes.len(),
+        Scanned::TooManyTokens => return Err(too_many_tokens()),
+    };
+    if is_blank(&bytes[..stop]) {
+        return Ok(None);
+    }
+    match first_value(&bytes[..stop])? {
+        Some((value, _)) => Ok(Some(value)),
+        None => Err("unexpected EOF".into()),
+    }
+}
+
 /// The JSON values of a streaming request body, one at a time as they arrive.
 struct JsonValues {
     body: Body,
     buf: Vec<u8>,
+    /// Where the value being read starts in `buf` (what is before it was returned).
+    start: usize,
+    end: ValueEnd,
     limit: usize,
     done: bool,
 }
@@ -646,27 +770,58 @@ impl JsonValues {
         JsonValues {
             body,
             buf: Vec::new(),
+            start: 0,
+            end: ValueEnd::default(),
             limit,
             done: false,
         }
     }
 
     /// The next value; `None` once the body ended; an error for bad JSON, a value cut
-    /// short by the end of the body, or one longer than the limit.
+    /// short by the end of the body, one longer than the limit, or one of too many
+    /// tokens.
     async fn next(&mut self) -> Result<Option<Json>, String> {
         loop {
-            if let Some((value, end)) = first_value(&self.buf)? {
-                self.buf.drain(..end);
-                return Ok(Some(value));
+            let pending = &self.buf[self.start..];
+            match self.end.scan(pending) {
+                Scanned::End(len) => {
+                    let value = &pending[..len];
+                    let parsed = if is_blank(value) {
+                        None
+                    } else {
+                        first_value(value)?
+                    };
+                    self.start += len;
+                    self.end = ValueEnd::default();
+                    // Forget what was read once it is most of the buffer (amortized).
+                    if self.start > 4096 && self.start * 2 > self.buf.len() {
+                        self.buf.drain(..self.start);
+                        self.start = 0;
+                    }
+                    match parsed {
+                        Some((value, _)) => return Ok(Some(value)),
+                        None => return Err("unexpected EOF".into()),
+                    }
+                }
+                Scanned::TooManyTokens => return Err(too_many_tokens()),
+                Scanned::More => {}
             }
             if self.done {
-                return if is_blank(&self.buf) {
+                let rest = &self.buf[self.start..];
+                return if is_blank(rest) {
                     Ok(None)
                 } else {
-                    Err("unexpected EOF".into())
+                    // A bare number or literal at the very end, or a value cut short.
+                    match first_value(rest)? {
+                        Some((value, _)) => {
+                            self.start = self.buf.len();
+                            Ok(Some(value))
+                        }
+                        None => Err("unexpected EOF".into()),
+                    }
                 };
             }
-            if self.buf.len() > self.limit {
+            if self.buf.len() - self.start > self.limit {
                 return Err(format!(
                     "a streamed request over {} bytes of JSON",
                     self.limit
@@ -708,6 +863,38 @@ mod tests {
         assert_eq!(first_value(b"{\"key\":").unwrap(), None, "cut short");
         let (v, end) = first_value(b"{\"a\":1} garbage").unwrap().unwrap();
         assert_eq!((v, end), (serde_json::json!({"a": 1}), 7));
+    }
+
+    // Goal: the end of the first value is found whatever pieces it arrives in, strings
+    // and escapes included, and a body of too many tokens is refused before parsing.
+    #[test]
+    fn value_ends_are_found_incrementally() {
+        let body = br#" {"a":"x}\"]","b":[1,{"c":2}]} {"next":1}"#;
+        let mut end = ValueEnd::default();
+        let mut found = None;
+        for n in 1..=body.len() {
+            if let Scanned::End(e) = end.scan(&body[..n]) {
+                found = Some(e);
+                break;
+            }
+        }
+        let e = found.expect("an end");
+        assert_eq!(&body[..e], br#" {"a":"x}\"]","b":[1,{"c":2}]}"#);
+        assert_eq!(
+            first_whole_value(b"{\"key\":\"eA==\"} trailing").unwrap(),
+            Some(serde_json::json!({"key": "eA=="}))
+        );
+        assert_eq!(first_whole_value(b"  ").unwrap(), None);
+        assert_eq!(
+            first_whole_value(b"{\"key\":").unwrap_err(),
+            "unexpected EOF"
+        );
+        let many = format!("[{}0]", "0,".repeat(MAX_TOKENS + 1));
+        assert_eq!(
+            first_whole_value(many.as_bytes()).unwrap_err(),
+            too_many_tokens()
+        );
+        assert!(first_whole_value(b"17 ").unwrap() == Some(serde_json::json!(17)));
     }
 
     #[test]

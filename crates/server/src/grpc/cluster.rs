@@ -63,6 +63,10 @@ pub struct ClusterService {
     /// Dials the leader's peer URLs to forward a promotion.
     dialer: Dialer,
     auth: Arc<Auth>,
+    /// Whether `retcd-forwarded` metadata is believed: only on the peer listener, which
+    /// only members reach (a client could send the metadata on the client port to skip
+    /// the admin check).
+    trusts_forwarded: bool,
 }
 
 impl ClusterService {
@@ -83,7 +87,15 @@ impl ClusterService {
             },
             dialer,
             auth: node.auth.clone(),
+            trusts_forwarded: false,
         }
+    }
+
+    /// The instance the peer listener serves, which takes promotions forwarded by other
+    /// members as already checked.
+    pub fn for_peer_listener(mut self) -> Self {
+        self.trusts_forwarded = true;
+        self
     }
 
     fn members(&self) -> Vec<retcd_api::etcdserverpb::Member> {
@@ -303,9 +315,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED);
         // A forwarded promotion comes from a member over the peer listener, which serves
-        // nothing else; the member that took it from the client checked it.
+        // nothing else; the member that took it from the client checked it. On the
+        // client port the metadata means nothing.
+        let forwarded = self.trusts_forwarded && request.metadata().contains_key(FORWARDED);
         if !forwarded {
             self.auth.require_admin(&Credentials::of(&request)).await?;
         }

@@ -48,6 +48,17 @@ const STREAM_IN_FLIGHT: usize = 1024;
 
 type RenewReply = oneshot::Sender<Result<i64, RequestError>>;
 
+/// What a keep-alive stream answers next, in the order its requests came: a renewal's
+/// reply (holding one of the stream's in-flight slots), or the error that ends it.
+enum InOrder {
+    Renewal(
+        i64,
+        oneshot::Receiver<Result<i64, RequestError>>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    End(Status),
+}
+
 pub struct LeaseService {
     handle: Arc<NodeHandle>,
     status: Arc<NodeStatus>,
@@ -293,14 +304,19 @@ impl Lease for LeaseService {
         let slots = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
         // Renewals are in flight together, but answered in the order they were asked,
         // as etcd answers them: one task sends each reply once those before it are sent.
-        let (order_tx, mut order_rx) = mpsc::channel::<(
-            i64,
-            oneshot::Receiver<Result<i64, RequestError>>,
-            tokio::sync::OwnedSemaphorePermit,
-        )>(STREAM_IN_FLIGHT);
+        // An error that ends the stream takes its place in that order too, so the replies
+        // asked for before it are sent first.
+        let (order_tx, mut order_rx) = mpsc::channel::<InOrder>(STREAM_IN_FLIGHT);
         let replies_tx = out_tx.clone();
         tokio::spawn(async move {
-            while let Some((id, rx, slot)) = order_rx.recv().await {
+            while let Some(item) = order_rx.recv().await {
+                let (id, rx, slot) = match item {
+                    InOrder::Renewal(id, rx, slot) => (id, rx, slot),
+                    InOrder::End(status) => {
+                        let _ = replies_tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let resp = match rx.await {
                     Ok(Ok(ttl)) => Ok(LeaseKeepAliveResponse {
                         header: Some(status.header(None)),
@@ -327,7 +343,7 @@ impl Lease for LeaseService {
                 if let Err(e) =
                     check_lease_keys(&auth, &leases, &creds, Some(r.id), Access::Write).await
                 {
-                    let _ = out_tx.send(Err(Status::from(e))).await;
+                    let _ = order_tx.send(InOrder::End(Status::from(e))).await;
                     return;
                 }
                 let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -335,12 +351,15 @@ impl Lease for LeaseService {
                 };
                 let (reply, rx) = oneshot::channel();
                 if renewer.send((r.id, reply)).await.is_err() {
-                    let _ = out_tx
-                        .send(Err(Status::from(RequestError::from(EtcdError::Stopped))))
-                        .await;
+                    let stopped = Status::from(RequestError::from(EtcdError::Stopped));
+                    let _ = order_tx.send(InOrder::End(stopped)).await;
                     return;
                 }
-                if order_tx.send((r.id, rx, slot)).await.is_err() {
+                if order_tx
+                    .send(InOrder::Renewal(r.id, rx, slot))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

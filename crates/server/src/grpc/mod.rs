@@ -91,12 +91,10 @@ pub fn promote_route(
     peers: Arc<PeerActivity>,
     dialer: Dialer,
 ) -> axum::Router {
-    let cluster = ClusterServer::new(cluster::ClusterService::new(
-        node,
-        strict_reconfig_check,
-        peers,
-        dialer,
-    ));
+    let cluster = ClusterServer::new(
+        cluster::ClusterService::new(node, strict_reconfig_check, peers, dialer)
+            .for_peer_listener(),
+    );
     axum::Router::new().route_service(cluster::PROMOTE_PATH, cluster)
 }
 

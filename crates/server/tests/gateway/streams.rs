@@ -475,4 +475,16 @@ fn prefixes_cors_and_host_whitelist() {
     conn.read_to_string(&mut raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
     assert!(raw.contains("DNS Rebinding"), "{raw}");
+    // gRPC's content type on HTTP/1.1 (which a page may set) does not pass the check.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"POST /v3/kv/put HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/grpc\r\n\
+          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
 }
