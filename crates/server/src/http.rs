@@ -77,12 +77,15 @@ pub fn grpc_only(router: Router) -> Router {
     router.fallback(fallback)
 }
 
-async fn fallback(req: axum::extract::Request) -> Response {
-    let grpc = req
-        .headers()
+/// Whether a request says it is gRPC (its content type).
+fn grpc_content_type(req: &axum::extract::Request) -> bool {
+    req.headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+async fn fallback(req: axum::extract::Request) -> Response {
+    if grpc_content_type(&req) {
         let status = tonic::Status::from(RequestError::Unimplemented(
             "unknown service or method".into(),
         ));
@@ -344,12 +347,7 @@ async fn access(
     // gRPC (HTTP/2 with gRPC's content type) is not HTTP in etcd's sense and passes, as
     // etcd's listener hands HTTP/2 to its gRPC server. An HTTP/1.1 request passes through
     // the rules whatever its content type: a browser page may set that header freely.
-    let grpc = req.version() == axum::http::Version::HTTP_2
-        && req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if req.version() == axum::http::Version::HTTP_2 && grpc_content_type(&req) {
         return next.run(req).await;
     }
     let tls = req

@@ -57,13 +57,13 @@ fn cannot(v: &Json, go_type: &str) -> DecodeError {
     ))
 }
 
-/// The fields of `desc` in the order the .proto declares them.
-fn declared_fields(desc: &MessageDescriptor) -> Vec<FieldDescriptor> {
+/// The fields of `desc` in the order the .proto declares them (prost-reflect's own
+/// iteration is by number), looked up as they are walked: nothing is collected.
+fn declared_fields(desc: &MessageDescriptor) -> impl Iterator<Item = FieldDescriptor> + '_ {
     desc.descriptor_proto()
         .field
         .iter()
         .filter_map(|f| desc.get_field(u32::try_from(f.number()).ok()?))
-        .collect()
 }
 
 /// Go's name of the generated type for an enum or message: `etcdserverpb.RangeRequest_SortOrder`.
@@ -281,7 +281,8 @@ pub fn encode(message: &DynamicMessage) -> String {
 fn encode_message(message: &DynamicMessage, out: &mut String) {
     out.push('{');
     let mut first = true;
-    for field in declared_fields(&message.descriptor()) {
+    let desc = message.descriptor();
+    for field in declared_fields(&desc) {
         if !message.has_field(&field) {
             continue;
         }

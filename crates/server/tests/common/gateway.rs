@@ -44,7 +44,16 @@ pub fn request(
     let mut s = connect(port, method, path, headers, body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    parse(&raw)
+    let mut answer = Decoder::default();
+    answer.feed(&raw);
+    let (status, headers) = answer
+        .head
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {raw:?}")))?;
+    Ok(Answer {
+        status,
+        headers,
+        body: answer.data,
+    })
 }
 
 /// `POST path` with a JSON body.
@@ -67,9 +76,13 @@ fn connect(
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // The server's address as Host, unless the caller gives its own.
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -93,47 +106,6 @@ fn split_head(raw: &[u8]) -> Option<(u16, Headers, usize)> {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     Some((status, headers, end + 4))
-}
-
-fn parse(raw: &[u8]) -> std::io::Result<Answer> {
-    let (status, headers, start) =
-        split_head(raw).ok_or_else(|| std::io::Error::other(format!("no HTTP head in {raw:?}")))?;
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(&raw[start..]).0
-    } else {
-        raw[start..].to_vec()
-    };
-    Ok(Answer {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// The data of the whole chunks in `raw`, and whether the last (empty) chunk was seen.
-fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return (out, false);
-        };
-        let size_text = String::from_utf8_lossy(&raw[..eol]);
-        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-        else {
-            return (out, false);
-        };
-        if size == 0 {
-            return (out, true);
-        }
-        if raw.len() < eol + 2 + size + 2 {
-            return (out, false);
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
-        raw = &raw[eol + 2 + size + 2..];
-    }
 }
 
 /// A streamed answer: its status and headers, and the body's lines as far as read.
@@ -166,47 +138,33 @@ pub fn post_stream(
             None => break,
         }
     }
-    let (status, headers) = reader.head.clone().unwrap_or_default();
+    let (status, headers) = reader.answer.head.clone().unwrap_or_default();
     Streamed {
         status,
         headers,
         lines: got,
-        ended: reader.ended,
+        ended: reader.answer.ended,
     }
 }
 
-/// A streamed answer read line by line as it arrives (chunked or not).
-pub struct LineReader {
-    s: TcpStream,
-    /// Bytes read and not yet decoded.
+/// An HTTP/1.1 answer decoded as its bytes arrive: the head, then the body's data,
+/// chunked or not.
+#[derive(Default)]
+struct Decoder {
+    /// Bytes received and not yet decoded.
     raw: Vec<u8>,
-    pub head: Option<(u16, Headers)>,
+    head: Option<(u16, Headers)>,
     chunked: bool,
-    /// Decoded body bytes not yet returned as lines.
+    /// Decoded body bytes not yet taken.
     data: Vec<u8>,
-    /// Whether the server ended the body (last chunk, or the connection closed).
-    pub ended: bool,
+    /// Whether the body ended (the last chunk, or the connection closed).
+    ended: bool,
 }
 
-impl LineReader {
-    pub fn open(
-        port: u16,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> std::io::Result<LineReader> {
-        Ok(LineReader {
-            s: connect(port, "POST", path, headers, body)?,
-            raw: Vec::new(),
-            head: None,
-            chunked: false,
-            data: Vec::new(),
-            ended: false,
-        })
-    }
-
-    /// Moves what can be decoded from `raw` to `data`.
-    fn decode(&mut self) {
+impl Decoder {
+    /// Takes `bytes` and decodes what it can.
+    fn feed(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
         if self.head.is_none() {
             let Some((status, headers, start)) = split_head(&self.raw) else {
                 return;
@@ -244,11 +202,31 @@ impl LineReader {
             self.raw.drain(..eol + 2 + size + 2);
         }
     }
+}
+
+/// A streamed answer read line by line as it arrives (chunked or not).
+pub struct LineReader {
+    s: TcpStream,
+    answer: Decoder,
+}
+
+impl LineReader {
+    pub fn open(
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<LineReader> {
+        Ok(LineReader {
+            s: connect(port, "POST", path, headers, body)?,
+            answer: Decoder::default(),
+        })
+    }
 
     /// Reads once (up to `deadline`); false when nothing more will come by then.
     fn fill(&mut self, deadline: Instant) -> bool {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || self.ended {
+        if left.is_zero() || self.answer.ended {
             return false;
         }
         self.s
@@ -257,12 +235,11 @@ impl LineReader {
         let mut buf = [0u8; 64 * 1024];
         match self.s.read(&mut buf) {
             Ok(0) => {
-                self.ended = true;
+                self.answer.ended = true;
                 false
             }
             Ok(n) => {
-                self.raw.extend_from_slice(&buf[..n]);
-                self.decode();
+                self.answer.feed(&buf[..n]);
                 true
             }
             Err(e)
@@ -279,26 +256,27 @@ impl LineReader {
 
     /// The status, once the head arrived (by `deadline`).
     pub fn status(&mut self, deadline: Instant) -> Option<u16> {
-        while self.head.is_none() && self.fill(deadline) {}
-        self.head.as_ref().map(|h| h.0)
+        while self.answer.head.is_none() && self.fill(deadline) {}
+        self.answer.head.as_ref().map(|h| h.0)
     }
 
     /// The next line (without its newline); at the end of the stream, what is left
     /// without a newline; `None` when nothing more came by `deadline`.
     pub fn next_line(&mut self, deadline: Instant) -> Option<String> {
         loop {
-            if let Some(i) = self.data.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.data.drain(..=i).collect();
+            let data = &mut self.answer.data;
+            if let Some(i) = data.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = data.drain(..=i).collect();
                 return Some(String::from_utf8_lossy(&line[..i]).into_owned());
             }
-            if self.ended {
-                if self.data.is_empty() {
+            if self.answer.ended {
+                if data.is_empty() {
                     return None;
                 }
-                let rest = std::mem::take(&mut self.data);
+                let rest = std::mem::take(data);
                 return Some(String::from_utf8_lossy(&rest).into_owned());
             }
-            if !self.fill(deadline) && !self.ended {
+            if !self.fill(deadline) && !self.answer.ended {
                 return None;
             }
         }

@@ -405,7 +405,6 @@ async fn hostile_requests_get_clear_errors() {
 // at once) and `--host-whitelist` (etcd's 421 for an unlisted Host on plain HTTP).
 #[test]
 fn prefixes_cors_and_host_whitelist() {
-    use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let s = Retcd::start(
         &dir.path().join("data"),
@@ -464,27 +463,31 @@ fn prefixes_cors_and_host_whitelist() {
         Some("POST, GET, OPTIONS, PUT, DELETE")
     );
     // An unlisted Host header.
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(
-        b"GET /version HTTP/1.1\r\nHost: evil.example:2379\r\nConnection: close\r\n\r\n",
+    let refused = request(
+        s.port,
+        "GET",
+        "/version",
+        &[("Host", "evil.example:2379")],
+        b"",
     )
     .unwrap();
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
-    assert!(raw.contains("DNS Rebinding"), "{raw}");
+    assert_eq!(refused.status, 421, "{}", refused.text());
+    assert!(
+        refused.text().contains("DNS Rebinding"),
+        "{}",
+        refused.text()
+    );
     // gRPC's content type on HTTP/1.1 (which a page may set) does not pass the check.
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(
-        b"POST /v3/kv/put HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/grpc\r\n\
-          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+    let refused = request(
+        s.port,
+        "POST",
+        "/v3/kv/put",
+        &[
+            ("Host", "evil.example"),
+            ("Content-Type", "application/grpc"),
+        ],
+        b"{}",
     )
     .unwrap();
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
+    assert_eq!(refused.status, 421, "{}", refused.text());
 }
